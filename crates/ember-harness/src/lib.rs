@@ -1,0 +1,1 @@
+//! Nested test host (placeholder).
