@@ -1,0 +1,1 @@
+//! Logger and metrics (placeholder).
