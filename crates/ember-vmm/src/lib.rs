@@ -4,11 +4,19 @@
 //! creates guest [`memory`], loads the kernel ([`loader`]), creates the KVM
 //! [`vm`], places the devices ([`device_manager`]), describes the machine
 //! ([`arch`]), and starts the [`vcpu`] threads. The result is a running
-//! [`vmm::Vmm`] driven by an event loop until the guest exits.
+//! [`vmm::Vmm`], an event-loop subscriber, driven until the guest exits.
 
 pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod console_input;
+pub mod device_manager;
+pub mod host;
 pub mod loader;
 pub mod memory;
+pub mod vcpu;
+pub mod vm;
+pub mod vmm;
 
 /// The guest memory type used throughout.
 pub type GuestMemoryMmap = ember_devices::GuestMemoryMmap;

@@ -60,6 +60,8 @@ pub enum LoadError {
     },
     #[error("kernel image '{path}' is a 32-bit bzImage; Ember boots 64-bit kernels only")]
     Not64Bit { path: PathBuf },
+    #[error("kernel image '{path}' is not an x86_64 ELF ({what}); Ember boots 64-bit little-endian x86_64 kernels")]
+    WrongElf { path: PathBuf, what: String },
     #[error("cannot open initrd '{path}': {source}")]
     OpenInitrd {
         path: PathBuf,
@@ -82,6 +84,29 @@ pub enum LoadError {
 
 fn is_elf(head: &[u8]) -> bool {
     head.len() >= 4 && &head[..4] == b"\x7fELF"
+}
+
+/// Checks the ELF identification linux-loader does not: 64-bit class,
+/// little endian, x86_64 machine.
+fn check_elf_ident(head: &[u8]) -> Result<(), String> {
+    if head.len() < 20 {
+        return Err("the header is truncated".into());
+    }
+    match head[4] {
+        2 => {}
+        1 => return Err("it is a 32-bit ELF".into()),
+        c => return Err(format!("unknown ELF class {c}")),
+    }
+    if head[5] != 1 {
+        return Err("it is big-endian".into());
+    }
+    let machine = u16::from_le_bytes([head[18], head[19]]);
+    if machine != 0x3e {
+        return Err(format!(
+            "its machine type is {machine:#x}, not x86_64 (0x3e)"
+        ));
+    }
+    Ok(())
 }
 
 fn is_bzimage(head: &[u8]) -> bool {
@@ -109,6 +134,10 @@ pub fn load_kernel<M: GuestMemoryBackend>(mem: &M, path: &Path) -> Result<Loaded
             source,
         })?;
     if is_elf(head) {
+        check_elf_ident(head).map_err(|what| LoadError::WrongElf {
+            path: path.into(),
+            what,
+        })?;
         let r = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|e| {
             LoadError::BadKernel {
                 path: path.into(),

@@ -157,6 +157,27 @@ fn bad_kernels_get_clear_errors() {
     let truncated = TempFile::new("trunc.elf", &elf[..elf.len() - 100]);
     let e = load_kernel(&m, &truncated.0).unwrap_err();
     assert!(matches!(e, LoadError::BadKernel { .. }), "{e}");
+    let mut class32 = elf.clone();
+    class32[4] = 1;
+    let c = TempFile::new("c32.elf", &class32);
+    assert!(load_kernel(&m, &c.0)
+        .unwrap_err()
+        .to_string()
+        .contains("32-bit ELF"));
+    let mut arm = elf.clone();
+    arm[18] = 0xb7;
+    let a = TempFile::new("arm.elf", &arm);
+    assert!(load_kernel(&m, &a.0)
+        .unwrap_err()
+        .to_string()
+        .contains("not x86_64"));
+    let mut be = elf.clone();
+    be[5] = 2;
+    let b = TempFile::new("be.elf", &be);
+    assert!(matches!(
+        load_kernel(&m, &b.0),
+        Err(LoadError::WrongElf { .. })
+    ));
     let head_only = TempFile::new("head.elf", &elf[..40]);
     assert!(matches!(
         load_kernel(&m, &head_only.0),

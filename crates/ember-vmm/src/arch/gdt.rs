@@ -34,7 +34,7 @@ pub fn descriptor(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// Decodes a descriptor into the form KVM_SET_SREGS takes.
 pub fn segment_from_descriptor(entry: u64, table_index: u8) -> kvm_segment {
-    let base = (((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit_raw = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     // With 4 KiB granularity the limit counts pages.

@@ -101,3 +101,17 @@ pub const PORT_CMOS: u16 = 0x70;
 pub const PORT_ACPI_PM: u16 = 0x600;
 /// Ember's boot-timer debug port.
 pub const PORT_BOOT_TIMER: u16 = 0x440;
+
+// The layout's invariants, checked at compile time.
+const _: () = {
+    assert!(BOOT_IDT_START + 8 <= PVH_INFO_START);
+    assert!(PVH_MEMMAP_START + 24 * 128 <= ZERO_PAGE_START);
+    assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
+    assert!(BOOT_STACK_POINTER < PML4_START);
+    assert!(PDE_START + IDENTITY_MAPPED_GIB * 0x1000 <= CMDLINE_START);
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(ACPI_END == HIMEM_START);
+    assert!(PVPANIC_MMIO_START >= MMIO_GAP_START && PVPANIC_MMIO_START < VIRTIO_MMIO_START);
+    assert!(VIRTIO_MMIO_END <= IOAPIC_START);
+    assert!(IRQ_VIRTIO_LAST < IOAPIC_PINS);
+};
