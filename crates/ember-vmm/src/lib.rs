@@ -1,1 +1,22 @@
-//! VMM core (placeholder).
+//! Ember's VMM core.
+//!
+//! Data flows one way: a [`config::VmConfig`] goes to the [`builder`], which
+//! creates guest [`memory`], loads the kernel ([`loader`]), creates the KVM
+//! [`vm`], places the devices ([`device_manager`]), describes the machine
+//! ([`arch`]), and starts the [`vcpu`] threads. The result is a running
+//! [`vmm::Vmm`], an event-loop subscriber, driven until the guest exits.
+
+pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod console_input;
+pub mod device_manager;
+pub mod host;
+pub mod loader;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+pub mod vmm;
+
+/// The guest memory type used throughout.
+pub type GuestMemoryMmap = ember_devices::GuestMemoryMmap;

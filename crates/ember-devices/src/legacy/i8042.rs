@@ -198,11 +198,7 @@ impl<I: Trigger, R: Trigger> I8042<I, R> {
             0xd2 => self.pending = Pending::EchoKeyboard,
             0xd3 | 0xd4 => self.pending = Pending::DiscardAux,
             // Pulse output lines; bit 0 clear pulses the CPU reset line.
-            0xf0..=0xff => {
-                if cmd & 1 == 0 {
-                    self.request_reset();
-                }
-            }
+            0xf0..=0xff if cmd & 1 == 0 => self.request_reset(),
             _ => {}
         }
     }

@@ -1,0 +1,57 @@
+//! The typed configuration the builder turns into a running VM. The API
+//! and CLI layers translate their inputs into this; nothing here knows
+//! about JSON.
+
+use std::path::PathBuf;
+
+/// The most vCPUs a VM may have.
+pub const MAX_VCPUS: u8 = 32;
+
+/// Where the guest console's output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleOutput {
+    /// The VMM's standard output.
+    Stdout,
+    /// A file or named pipe.
+    File(PathBuf),
+    /// Discarded.
+    Sink,
+}
+
+/// A VM to build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    pub vcpu_count: u8,
+    pub mem_size_mib: usize,
+    /// Two threads per core in the CPU topology.
+    pub smt: bool,
+    /// Back guest memory with 2 MiB huge pages.
+    pub huge_pages: bool,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line; Firecracker's default when `None`.
+    pub cmdline: Option<String>,
+    pub console: ConsoleOutput,
+    /// Feed the VMM's standard input to the guest console.
+    pub console_input: bool,
+    /// Add the boot-timer device (port 0x440).
+    pub boot_timer: bool,
+}
+
+impl VmConfig {
+    /// A VM with Firecracker's defaults (1 vCPU, 128 MiB) booting `kernel`.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            smt: false,
+            huge_pages: false,
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: None,
+            console: ConsoleOutput::Stdout,
+            console_input: false,
+            boot_timer: false,
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! vCPUs: creation and boot-time setup, the per-thread run loop that
+//! dispatches port-I/O and MMIO exits to the buses, and the control
+//! channel the VMM thread uses to pause, resume and stop each thread.
+
+mod control;
+pub mod exit;
+mod kick;
+
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+
+use ember_devices::Bus;
+use kvm_bindings::{
+    CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+pub use control::{VcpuControlError, Vcpus};
+pub use exit::{FaultKind, VcpuFault, VcpuStop};
+
+use crate::arch::regs::{self, EntryMode, RegsError};
+use crate::host::HostVirt;
+
+/// Commands from the VMM thread to a vCPU thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuCommand {
+    Pause,
+    Resume,
+    Stop,
+}
+
+/// A vCPU thread's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuResponse {
+    Paused,
+    Resumed,
+    Stopped,
+}
+
+/// A vCPU that stopped the guest, reported to the VMM thread.
+#[derive(Debug, Clone)]
+pub struct VcpuReport {
+    pub vcpu: u8,
+    pub stop: VcpuStop,
+}
+
+/// Errors creating or configuring a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("cannot create vCPU {id}: {source}")]
+    Create { id: u8, source: kvm_ioctls::Error },
+    #[error("cannot set the CPUID of vCPU {id}: {source}")]
+    Cpuid { id: u8, source: kvm_ioctls::Error },
+    #[error("cannot set up vCPU {id}: {source}")]
+    Regs { id: u8, source: RegsError },
+    #[error("cannot start the thread of vCPU {id}: {source}")]
+    Spawn { id: u8, source: std::io::Error },
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+}
+
+/// Where a vCPU reports that it stopped the guest.
+#[derive(Clone)]
+pub struct VcpuReporter {
+    tx: Sender<VcpuReport>,
+    evt: Arc<EventFd>,
+}
+
+impl VcpuReporter {
+    /// A reporter and the receiving end; `evt` wakes the VMM's event loop.
+    pub fn new(evt: Arc<EventFd>) -> (Self, Receiver<VcpuReport>) {
+        let (tx, rx) = mpsc::channel();
+        (Self { tx, evt }, rx)
+    }
+
+    fn report(&self, vcpu: u8, stop: VcpuStop) {
+        let _ = self.tx.send(VcpuReport { vcpu, stop });
+        let _ = self.evt.write(1);
+    }
+}
+
+/// A configured vCPU, not yet running.
+pub struct Vcpu {
+    id: u8,
+    fd: VcpuFd,
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+    host: HostVirt,
+}
+
+/// What happened in one KVM_RUN.
+enum RunOutcome {
+    Continue,
+    Interrupted,
+    Stop(VcpuStop),
+}
+
+impl Vcpu {
+    /// Creates vCPU `id` with its CPUID, MSRs, FPU and LAPIC set up.
+    pub fn new(
+        vm: &VmFd,
+        id: u8,
+        cpuid: &CpuId,
+        supported_msrs: &[u32],
+        buses: (Arc<Bus>, Arc<Bus>),
+        host: HostVirt,
+    ) -> Result<Self, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|source| VcpuError::Create { id, source })?;
+        fd.set_cpuid2(cpuid)
+            .map_err(|source| VcpuError::Cpuid { id, source })?;
+        let wrap = |source| VcpuError::Regs { id, source };
+        regs::setup_msrs(&fd, supported_msrs).map_err(wrap)?;
+        regs::setup_fpu(&fd).map_err(wrap)?;
+        regs::setup_lapic(&fd).map_err(wrap)?;
+        Ok(Self {
+            id,
+            fd,
+            io_bus: buses.0,
+            mmio_bus: buses.1,
+            host,
+        })
+    }
+
+    /// Makes this the boot vCPU, entering the guest at `entry`. The others
+    /// wait for the guest's INIT/SIPI in the in-kernel LAPIC.
+    pub fn set_boot_entry(&self, entry: u64, mode: EntryMode) -> Result<(), VcpuError> {
+        regs::setup_boot_vcpu(&self.fd, entry, mode).map_err(|source| VcpuError::Regs {
+            id: self.id,
+            source,
+        })
+    }
+
+    /// This vCPU's index.
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    fn fault(&self, kind: FaultKind) -> VcpuStop {
+        VcpuStop::Fault(VcpuFault {
+            vcpu: self.id,
+            kind,
+            registers: exit::register_summary(&self.fd),
+        })
+    }
+
+    fn internal_error_suberror(&mut self) -> u32 {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so the kernel
+        // filled the `internal` member of the exit union.
+        unsafe { run.__bindgen_anon_1.internal.suberror }
+    }
+
+    fn run_once(&mut self) -> RunOutcome {
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.fd.set_kvm_immediate_exit(0);
+                return RunOutcome::Interrupted;
+            }
+            Err(e) => return RunOutcome::Stop(self.fault(FaultKind::RunFailed(e.to_string()))),
+        };
+        match exit {
+            VcpuExit::IoIn(port, data) => {
+                if !self.io_bus.read(u64::from(port), data) {
+                    data.fill(0xff);
+                }
+            }
+            VcpuExit::IoOut(port, data) => {
+                self.io_bus.write(u64::from(port), data);
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                if !self.mmio_bus.read(addr, data) {
+                    data.fill(0);
+                }
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                self.mmio_bus.write(addr, data);
+            }
+            // With the in-kernel irqchip, HLT is handled by KVM; if it ever
+            // reaches us, running again waits for the next interrupt.
+            VcpuExit::Hlt => {}
+            VcpuExit::Shutdown => return RunOutcome::Stop(self.fault(FaultKind::TripleFault)),
+            VcpuExit::FailEntry(reason, _) => {
+                return RunOutcome::Stop(self.fault(FaultKind::FailEntry { reason }));
+            }
+            VcpuExit::InternalError => {
+                let suberror = self.internal_error_suberror();
+                let host = self.host;
+                return RunOutcome::Stop(self.fault(FaultKind::InternalError { suberror, host }));
+            }
+            VcpuExit::SystemEvent(kind, _) => {
+                return RunOutcome::Stop(match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => VcpuStop::PowerOff,
+                    KVM_SYSTEM_EVENT_RESET => VcpuStop::Reset,
+                    KVM_SYSTEM_EVENT_CRASH => VcpuStop::Crash,
+                    other => self.fault(FaultKind::Unhandled(format!("system event {other}"))),
+                });
+            }
+            other => {
+                let name = format!("{other:?}");
+                return RunOutcome::Stop(self.fault(FaultKind::Unhandled(name)));
+            }
+        }
+        RunOutcome::Continue
+    }
+
+    /// The thread body: runs the guest until stopped by a command or by
+    /// the guest.
+    fn run_thread(
+        mut self,
+        commands: Receiver<VcpuCommand>,
+        responses: Sender<VcpuResponse>,
+        reporter: VcpuReporter,
+    ) {
+        kick::bind(self.fd.get_kvm_run());
+        'outer: loop {
+            // Commands first: a kick only makes KVM_RUN return.
+            loop {
+                match commands.try_recv() {
+                    Ok(VcpuCommand::Pause) => {
+                        let _ = responses.send(VcpuResponse::Paused);
+                        // Parked until told otherwise.
+                        loop {
+                            match commands.recv() {
+                                Ok(VcpuCommand::Resume) => {
+                                    let _ = responses.send(VcpuResponse::Resumed);
+                                    break;
+                                }
+                                Ok(VcpuCommand::Pause) => {
+                                    let _ = responses.send(VcpuResponse::Paused);
+                                }
+                                Ok(VcpuCommand::Stop) | Err(_) => break 'outer,
+                            }
+                        }
+                    }
+                    Ok(VcpuCommand::Resume) => {
+                        let _ = responses.send(VcpuResponse::Resumed);
+                    }
+                    Ok(VcpuCommand::Stop) | Err(TryRecvError::Disconnected) => break 'outer,
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            match self.run_once() {
+                RunOutcome::Continue | RunOutcome::Interrupted => {}
+                RunOutcome::Stop(stop) => {
+                    reporter.report(self.id, stop);
+                    // Stay parked (answering pauses) until stopped, so the
+                    // VMM sees a uniform shutdown.
+                    while let Ok(cmd) = commands.recv() {
+                        match cmd {
+                            VcpuCommand::Stop => break,
+                            VcpuCommand::Pause => {
+                                let _ = responses.send(VcpuResponse::Paused);
+                            }
+                            VcpuCommand::Resume => {
+                                let _ = responses.send(VcpuResponse::Resumed);
+                            }
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        kick::unbind();
+        let _ = responses.send(VcpuResponse::Stopped);
+    }
+}
