@@ -16,6 +16,7 @@ const GUESTS: &[&str] = &[
     "smp",
     "pvh",
     "bzhello",
+    "xsave",
 ];
 
 fn run(cmd: &mut Command) {

@@ -15,7 +15,8 @@ pub enum HostVirt {
     /// VT-x or AMD-V: standard guest kernels run.
     Hardware,
     /// PVM (KVM without VT-x/AMD-V): only PVM-built kernels and tiny
-    /// guests run; kernel-mode code is emulated and FXSAVE/XSAVE/SSE fail.
+    /// guests run; kernel-mode code is emulated and XSAVE/XRSTOR and most
+    /// SSE/x87 instructions cannot be.
     PvmOnly,
     /// Neither flag nor PVM was seen.
     Unknown,
@@ -25,7 +26,7 @@ pub enum HostVirt {
 pub const PVM_WARNING: &str = "warning: this host's KVM is PVM-based (no VT-x/AMD-V): standard Linux guest kernels cannot run here, only PVM-built kernels and tiny test guests; use a host with hardware virtualization, or Ember's nested test host (scripts/nested/run)";
 
 /// Why a guest died of an emulation failure on a PVM-only host.
-pub const PVM_EMULATION_HINT: &str = "this host's KVM is PVM-based (no VT-x/AMD-V): it emulates guest kernel code and cannot emulate FXSAVE/XSAVE/SSE, so standard Linux kernels die this way here; use a host with VT-x/AMD-V, or Ember's nested test host (scripts/nested/run)";
+pub const PVM_EMULATION_HINT: &str = "this host's KVM is PVM-based (no VT-x/AMD-V): it emulates guest kernel code and cannot emulate XSAVE/XRSTOR or most SSE and x87 instructions, which every standard Linux kernel runs while setting up its FPU; use a host with VT-x/AMD-V, or Ember's nested test host (scripts/nested/run)";
 
 /// Errors opening KVM.
 #[derive(Debug, thiserror::Error)]

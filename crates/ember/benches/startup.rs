@@ -21,7 +21,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -64,9 +67,17 @@ fn one_boot() -> Sample {
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let t_exit = monotonic_ns();
     assert_eq!(r, pid, "wait4");
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "ember failed");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "ember failed"
+    );
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let line = err
         .lines()
         .find(|l| l.starts_with("ember-boot-timer:"))
@@ -129,7 +140,10 @@ fn memory() {
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "ember exited before the guest was up");
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "ember exited before the guest was up"
+        );
         if line.starts_with("ember-boot-timer:") {
             break;
         }
@@ -141,27 +155,53 @@ fn memory() {
     let _ = child.wait();
     let mib = |kb: u64| kb as f64 / 1024.0;
     println!("memory, idle tiny guest (1 vCPU, 128 MiB), from smaps_rollup:");
-    println!("  RSS                  {:6.2} MiB   (Firecracker here: 4.1 MiB)", mib(rss));
-    println!("  PSS                  {:6.2} MiB   (Firecracker here: 2.9 MiB)", mib(pss));
-    println!("  anonymous            {:6.2} MiB   (Firecracker here: 0.36 MiB)", mib(anon));
-    println!("  guest pages touched  {:6.2} MiB   (included in RSS and anonymous)", mib(guest));
+    println!(
+        "  RSS                  {:6.2} MiB   (Firecracker here: 4.1 MiB)",
+        mib(rss)
+    );
+    println!(
+        "  PSS                  {:6.2} MiB   (Firecracker here: 2.9 MiB)",
+        mib(pss)
+    );
+    println!(
+        "  anonymous            {:6.2} MiB   (Firecracker here: 0.36 MiB)",
+        mib(anon)
+    );
+    println!(
+        "  guest pages touched  {:6.2} MiB   (included in RSS and anonymous)",
+        mib(guest)
+    );
     println!("  RSS without guest    {:6.2} MiB", mib(rss - guest));
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
-    let runs: usize = std::env::var("EMBER_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let runs: usize = std::env::var("EMBER_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
     let _ = one_boot(); // warm the page cache
     let samples: Vec<Sample> = (0..runs).map(|_| one_boot()).collect();
     println!("start-up, tiny guest (1 vCPU, 128 MiB), {runs} runs:   median      p90      min");
     let row = |name: &str, f: &dyn Fn(&Sample) -> f64| {
         let (med, p90, min) = stats(samples.iter().map(f).collect());
-        println!("  {name:<44} {:7.2} ms {:7.2} ms {:7.2} ms", med / 1e3, p90 / 1e3, min / 1e3);
+        println!(
+            "  {name:<44} {:7.2} ms {:7.2} ms {:7.2} ms",
+            med / 1e3,
+            p90 / 1e3,
+            min / 1e3
+        );
     };
-    row("wall, process start -> first guest instruction", &|s| s.first_wall_us);
-    row("CPU,  process start -> first guest instruction", &|s| s.first_cpu_us);
+    row("wall, process start -> first guest instruction", &|s| {
+        s.first_wall_us
+    });
+    row("CPU,  process start -> first guest instruction", &|s| {
+        s.first_cpu_us
+    });
     row("wall, process start -> guest exit", &|s| s.exit_wall_us);
     row("CPU,  process start -> guest exit", &|s| s.exit_cpu_us);
-    println!("  (Firecracker here: 8 ms CPU and 31 ms wall from process start to a tiny guest's exit)");
+    println!(
+        "  (Firecracker here: 8 ms CPU and 31 ms wall from process start to a tiny guest's exit)"
+    );
     memory();
 }

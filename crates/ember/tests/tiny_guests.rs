@@ -261,3 +261,54 @@ fn console_output_can_go_to_a_file() {
         "Hello from a tiny guest\n".repeat(2)
     );
 }
+
+#[test]
+fn cpuid_says_hypervisor_and_kvm() {
+    if !have_kvm() {
+        return;
+    }
+    let o = quick(&["--kernel", &image("bootinfo.elf")]);
+    assert_ne!(
+        hex(&o.stdout, "cpuid1_ecx") & (1 << 31),
+        0,
+        "hypervisor bit"
+    );
+    assert_eq!(field(&o.stdout, "hypervisor"), Some("KVMKVMKVM"));
+}
+
+#[test]
+fn kernel_mode_xsave_runs_or_is_explained() {
+    if !have_kvm() {
+        return;
+    }
+    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    let o = quick(&["--kernel", &image("xsave.elf")]);
+    assert!(o.stdout.starts_with("xsave: trying\n"));
+    if pvm {
+        // One warning at start, then one line that explains the death.
+        assert!(o
+            .stderr
+            .lines()
+            .next()
+            .unwrap()
+            .contains("standard Linux guest kernels cannot run here"));
+        assert_eq!(o.code, 4, "{}", o.stderr);
+        let line = o
+            .stderr
+            .lines()
+            .find(|l| l.contains("vCPU 0 stopped"))
+            .expect(&o.stderr);
+        assert!(
+            line.contains("KVM could not emulate an instruction"),
+            "{line}"
+        );
+        assert!(
+            line.contains("PVM-based") && line.contains("XSAVE"),
+            "{line}"
+        );
+        assert!(line.contains("rip=0x"), "{line}");
+    } else {
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        assert!(o.stdout.contains("xsave: done"));
+    }
+}

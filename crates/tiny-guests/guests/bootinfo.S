@@ -39,6 +39,22 @@ _start:
     pushfq
     pop %rax
     call kv
+    /* CPUID: leaf 1 ECX (hypervisor bit 31) and the hypervisor leaf. */
+    lea s_l1ecx(%rip), %rsi
+    mov $1, %eax
+    cpuid
+    mov %rcx, %rax
+    call kv
+    mov $0x40000000, %eax
+    cpuid
+    mov %ebx, sig(%rip)
+    mov %ecx, sig+4(%rip)
+    mov %edx, sig+8(%rip)
+    lea s_hv(%rip), %rsi
+    call puts
+    lea sig(%rip), %rsi
+    call puts
+    call newline
     /* The command line. */
     lea s_cmdline(%rip), %rsi
     call puts
@@ -92,3 +108,7 @@ s_rflags: .asciz "rflags"
 s_cmdline: .asciz "cmdline="
 s_e820n: .asciz "e820_entries"
 s_e820: .asciz "e820="
+s_l1ecx: .asciz "cpuid1_ecx"
+s_hv: .asciz "hypervisor="
+    .data
+sig: .fill 16, 1, 0

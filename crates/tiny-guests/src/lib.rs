@@ -14,6 +14,7 @@
 //! | `smp.elf` | starts every AP with INIT/SIPI, reports who came up, reboots |
 //! | `pvh.elf` | enters through the PVH note, prints the start info, reboots |
 //! | `bzhello.bzImage` | a bzImage that prints and reboots |
+//! | `xsave.elf` | runs XSAVE in kernel mode like Linux FPU setup (fails on PVM hosts), reboots |
 
 use std::path::PathBuf;
 
