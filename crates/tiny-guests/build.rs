@@ -17,6 +17,8 @@ const GUESTS: &[&str] = &[
     "pvh",
     "bzhello",
     "xsave",
+    "ticker",
+    "kbd",
 ];
 
 fn run(cmd: &mut Command) {

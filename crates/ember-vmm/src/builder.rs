@@ -165,7 +165,14 @@ pub fn build(kvm: &Kvm, host: HostVirt, config: &VmConfig) -> Result<Vmm, BuildE
     let vcpu_evt = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?);
     let (reporter, reports) = VcpuReporter::new(vcpu_evt.clone());
     let vcpus = Vcpus::start(vcpus, reporter)?;
-    Ok(Vmm::new(vm, devices, vcpus, reports, vcpu_evt))
+    Ok(Vmm::new(
+        vm,
+        devices,
+        vcpus,
+        reports,
+        vcpu_evt,
+        config.console_input,
+    ))
 }
 
 /// Opens KVM for `build`, printing the PVM warning once when it applies.

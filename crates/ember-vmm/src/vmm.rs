@@ -76,6 +76,7 @@ pub struct Vmm {
     vcpu_evt: Arc<EventFd>,
     state: RunState,
     exit: Option<VmExit>,
+    console_input: bool,
 }
 
 impl Vmm {
@@ -85,6 +86,7 @@ impl Vmm {
         vcpus: Vcpus,
         vcpu_reports: Receiver<VcpuReport>,
         vcpu_evt: Arc<EventFd>,
+        console_input: bool,
     ) -> Self {
         Self {
             vcpus,
@@ -94,7 +96,13 @@ impl Vmm {
             vcpu_evt,
             state: RunState::Running,
             exit: None,
+            console_input,
         }
+    }
+
+    /// Whether the configuration asked for host input on the console.
+    pub fn console_input(&self) -> bool {
+        self.console_input
     }
 
     /// Why the VM ended, once it has.

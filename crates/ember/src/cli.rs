@@ -9,7 +9,8 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "ember", version, about, long_about = None)]
 pub struct Cli {
-    /// Path of the API Unix socket.
+    /// Path of the API Unix socket (default /run/firecracker.socket). The
+    /// quick flags boot without the API unless this is given.
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
     /// MicroVM id (shown by GET /).

@@ -1,39 +1,160 @@
-//! `ember`: boots a KVM microVM from Firecracker-style configuration.
+//! `ember`: a KVM microVM monitor that speaks Firecracker's API.
+//!
+//! Every way to configure a VM goes through the API controller: requests
+//! over the socket, `--config-file` (replayed as requests), and the quick
+//! flags (turned into a configuration file).
 
+mod backend;
 mod cli;
-mod config;
 mod exit_code;
+mod metrics;
+mod resources;
 mod run;
 mod terminal;
 
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
 use clap::Parser;
+use ember_api::controller::{ApiController, InstanceDescription, Telemetry};
+use ember_api::http::{ApiServer, ServerConfig};
+use ember_api::VmConfigFile;
+use ember_telemetry::{LogLevel, Logger, LoggerOptions, MetricsRegistry};
+use ember_vmm::builder;
+use ember_vmm::host::{HostVirt, PVM_WARNING};
+
+/// Firecracker's default API socket path.
+const DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
 
 fn fail(code: i32, msg: impl std::fmt::Display) -> ! {
     eprintln!("ember: error: {msg}");
     std::process::exit(code);
 }
 
+fn logger_options(cli: &cli::Cli) -> Result<Option<LoggerOptions>, String> {
+    if cli.level.is_none() && cli.log_path.is_none() && !cli.show_level && !cli.show_log_origin {
+        return Ok(None);
+    }
+    let level = match &cli.level {
+        Some(l) => Some(l.parse::<LogLevel>().map_err(|e| format!("--level: {e}"))?),
+        None => None,
+    };
+    Ok(Some(LoggerOptions {
+        level,
+        log_path: cli.log_path.clone(),
+        show_level: Some(cli.show_level),
+        show_log_origin: Some(cli.show_log_origin),
+        module: None,
+    }))
+}
+
+/// The configuration to boot at start, if the command line names one.
+fn initial_config(cli: &cli::Cli) -> Result<Option<VmConfigFile>, String> {
+    match (&cli.config_file, &cli.kernel) {
+        (Some(_), Some(_)) => Err("give either --config-file or --kernel, not both".into()),
+        (Some(path), None) => {
+            for (set, name) in [
+                (cli.initrd.is_some(), "initrd"),
+                (cli.cmdline.is_some(), "cmdline"),
+                (cli.console_out.is_some(), "console-out"),
+            ] {
+                if set {
+                    return Err(format!("--{name} only applies with --kernel; put it in the configuration file instead"));
+                }
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!(
+                    "cannot read the configuration file '{}': {e}",
+                    path.display()
+                )
+            })?;
+            VmConfigFile::parse(&text)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", path.display()))
+        }
+        (None, Some(kernel)) => Ok(Some(resources::quick_flags_file(cli, kernel))),
+        (None, None) => Ok(None),
+    }
+}
+
 fn main() {
     let cli = cli::Cli::parse();
-    let config = match config::from_cli(&cli) {
-        Ok(Some(c)) => c,
-        Ok(None) if cli.no_api => fail(
+    let logger =
+        Logger::install_global(&cli.id).unwrap_or_else(|e| fail(exit_code::SETUP_ERROR, e));
+    match logger_options(&cli) {
+        Ok(Some(opts)) => {
+            if let Err(e) = logger.configure(&opts) {
+                fail(exit_code::SETUP_ERROR, e);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => fail(exit_code::USAGE, e),
+    }
+    let metrics = MetricsRegistry::global();
+    metrics.register(logger.metrics_source());
+    if let Some(path) = &cli.metrics_path {
+        if let Err(e) = metrics.configure(path) {
+            fail(exit_code::SETUP_ERROR, e);
+        }
+    }
+
+    let initial = initial_config(&cli).unwrap_or_else(|e| fail(exit_code::SETUP_ERROR, e));
+    if initial.is_none() && cli.no_api {
+        fail(
             exit_code::USAGE,
             "nothing to boot: give --config-file or --kernel, or drop --no-api to configure over the API",
-        ),
-        Ok(None) => fail(
-            exit_code::SETUP_ERROR,
-            "the API server is not available in this build yet: boot with --no-api and --config-file, or with --kernel",
-        ),
-        Err(e) => fail(exit_code::SETUP_ERROR, e),
-    };
-    if cli.api_sock.is_some() && !cli.no_api {
-        fail(
-            exit_code::SETUP_ERROR,
-            "the API server is not available in this build yet: use --no-api",
         );
     }
-    match run::boot_and_run(&config) {
+    let (kvm, host) = builder::open_host().unwrap_or_else(|e| fail(exit_code::SETUP_ERROR, e));
+    if host == HostVirt::PvmOnly {
+        eprintln!("ember: {PVM_WARNING}");
+    }
+
+    let slot = Arc::new(Mutex::new(backend::VmSlot::default()));
+    let backend = backend::EmberBackend::new(kvm, host, cli.boot_timer, slot.clone());
+    let telemetry = Telemetry {
+        logger: Some(logger),
+        metrics: metrics.clone(),
+    };
+    let controller = ApiController::new(backend, InstanceDescription::new(&cli.id), telemetry);
+    let (channel, mut endpoint) =
+        ember_api::api_channel(controller).unwrap_or_else(|e| fail(exit_code::SETUP_ERROR, e));
+
+    // Quick flags boot without the API unless a socket is named; otherwise
+    // Firecracker's rule: the API runs unless --no-api.
+    let serve_api = !cli.no_api && (cli.kernel.is_none() || cli.api_sock.is_some());
+    let server = if !serve_api {
+        None
+    } else {
+        let path = cli
+            .api_sock
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCK));
+        let mut cfg = ServerConfig::new(&path);
+        cfg.metrics = Some(metrics.clone());
+        match ApiServer::spawn(cfg, channel) {
+            Ok(handle) => Some(handle),
+            Err(e) => fail(
+                exit_code::SETUP_ERROR,
+                format!("cannot serve the API on '{}': {e}", path.display()),
+            ),
+        }
+    };
+    // Boot what the command line names, once the API (if any) is up.
+    if let Some(file) = initial {
+        if let Err(e) = endpoint.controller_mut().boot_from_config_file(file) {
+            if let Some(server) = server {
+                server.shutdown();
+            }
+            fail(exit_code::SETUP_ERROR, e.message);
+        }
+    }
+
+    let result = run::run(endpoint, slot, metrics);
+    if let Some(server) = server {
+        server.shutdown();
+    }
+    match result {
         Ok(exit) => {
             let code = exit_code::for_exit(&exit);
             if code == exit_code::OK {

@@ -1,79 +1,88 @@
-//! Boots a VM from a `VmConfig` and runs its event loop until it ends.
+//! The VMM thread: one event loop that answers the API, runs the devices,
+//! and ends when the VM does.
 
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 
-use ember_vmm::builder::{self, BuildError};
-use ember_vmm::config::VmConfig;
+use ember_api::controller::VmmBackend;
+use ember_api::endpoint::ApiEndpoint;
+use ember_telemetry::{MetricsRegistry, PeriodicFlush, DEFAULT_FLUSH_INTERVAL};
 use ember_vmm::console_input::ConsoleInput;
-use ember_vmm::host::{HostVirt, PVM_WARNING};
-use ember_vmm::vmm::VmExit;
+use ember_vmm::vmm::{SharedVmm, VmExit};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 
+use crate::backend::{lock, SharedSlot};
+use crate::metrics::UartMetrics;
 use crate::terminal::{stdin_is_interactive_or_stream, RawTerminal};
 
 /// The event loop type the binary uses.
 pub type Loop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
-/// Errors running a VM.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("{0}")]
-    Build(#[from] BuildError),
-    #[error("event loop failure: {0}")]
-    EventLoop(String),
+/// Registers a freshly started VM with the loop: its own events, console
+/// input and metrics.
+fn register(
+    event_loop: &mut Loop,
+    vmm: &SharedVmm,
+    metrics: &MetricsRegistry,
+    terminal: &mut Option<RawTerminal>,
+) {
+    event_loop.add_subscriber(vmm.clone());
+    let v = vmm.lock().unwrap_or_else(|e| e.into_inner());
+    let devices = v.devices();
+    metrics.register(Arc::new(UartMetrics::new(devices.console_counters.clone())));
+    if v.console_input() && stdin_is_interactive_or_stream() {
+        if let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() {
+            *terminal = Some(RawTerminal::enable());
+            let input = ConsoleInput::new(
+                File::from(fd),
+                devices.console.clone(),
+                devices.console_input_drained.clone(),
+            );
+            event_loop.add_subscriber(Arc::new(Mutex::new(input)));
+        }
+    }
 }
 
-/// Boots `config` and runs until the guest ends; returns how it ended.
-pub fn boot_and_run(config: &VmConfig) -> Result<VmExit, RunError> {
-    let (kvm, host) = builder::open_host()?;
-    if host == HostVirt::PvmOnly {
-        eprintln!("ember: {PVM_WARNING}");
-    }
-    let mut event_loop = Loop::new().map_err(|e| RunError::EventLoop(e.to_string()))?;
+/// Runs until the VM ends; returns how it ended.
+pub fn run<B: VmmBackend + Send + 'static>(
+    endpoint: ApiEndpoint<B>,
+    slot: SharedSlot,
+    metrics: Arc<MetricsRegistry>,
+) -> Result<VmExit, String> {
+    let mut event_loop = Loop::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
+    event_loop.add_subscriber(Arc::new(Mutex::new(endpoint)));
+    let flush = PeriodicFlush::new(metrics.clone(), DEFAULT_FLUSH_INTERVAL)
+        .map_err(|e| format!("cannot create the metrics timer: {e}"))?;
+    event_loop.add_subscriber(Arc::new(Mutex::new(flush)));
     let mut terminal = None;
-    let vmm = builder::shared(builder::build(&kvm, host, config)?);
-    event_loop.add_subscriber(vmm.clone());
-    if config.console_input && stdin_is_interactive_or_stream() {
-        let (console, drained) = {
-            let v = vmm.lock().unwrap_or_else(|e| e.into_inner());
-            (
-                v.devices().console.clone(),
-                v.devices().console_input_drained.clone(),
-            )
-        };
-        if let Ok(fd) = std::io::stdin().lock().as_fd_owned() {
-            terminal = Some(RawTerminal::enable());
-            event_loop.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
-                File::from(fd),
-                console,
-                drained,
-            ))));
-        }
-    }
+    let mut current: Option<SharedVmm> = None;
     let exit = loop {
-        if let Err(e) = event_loop.run() {
-            break Err(RunError::EventLoop(e.to_string()));
+        // A VM started by the last request (or before the loop) joins now.
+        {
+            let mut s = lock(&slot);
+            if let (Some(vmm), false) = (s.vmm.clone(), s.registered) {
+                s.registered = true;
+                drop(s);
+                register(&mut event_loop, &vmm, &metrics, &mut terminal);
+                current = Some(vmm);
+            }
         }
-        let v = vmm.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(exit) = v.exit() {
-            break Ok(exit.clone());
+        if let Some(vmm) = &current {
+            if let Some(exit) = vmm.lock().unwrap_or_else(|e| e.into_inner()).exit() {
+                break Ok(exit.clone());
+            }
+        }
+        if let Err(e) = event_loop.run() {
+            break Err(format!("event loop failure: {e}"));
         }
     };
     if let Some(mut t) = terminal {
         t.restore();
     }
-    vmm.lock().unwrap_or_else(|e| e.into_inner()).stop();
-    exit
-}
-
-trait AsFdOwned {
-    fn as_fd_owned(&self) -> std::io::Result<std::os::fd::OwnedFd>;
-}
-
-impl AsFdOwned for std::io::StdinLock<'_> {
-    fn as_fd_owned(&self) -> std::io::Result<std::os::fd::OwnedFd> {
-        use std::os::fd::AsFd;
-        self.as_fd().try_clone_to_owned()
+    if let Some(vmm) = current {
+        vmm.lock().unwrap_or_else(|e| e.into_inner()).stop();
     }
+    let _ = metrics.flush();
+    exit
 }

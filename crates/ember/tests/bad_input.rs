@@ -29,7 +29,7 @@ fn missing_truncated_and_foreign_kernels() {
     refused(
         &["--kernel", "/nonexistent/vmlinux"],
         1,
-        "cannot open kernel image '/nonexistent/vmlinux'",
+        "the kernel file: cannot open \"/nonexistent/vmlinux\"",
     );
     let junk = Scratch::new("junk", b"#!/bin/sh\necho this is not a kernel\n");
     refused(
@@ -85,7 +85,7 @@ fn initrd_larger_than_guest_memory() {
             "/nonexistent/initrd",
         ],
         1,
-        "cannot open initrd",
+        "the initrd file: cannot open",
     );
 }
 
@@ -97,7 +97,12 @@ fn memory_sizes() {
     refused(
         &["--kernel", &image("hello.elf"), "--mem", "0"],
         1,
-        "too small",
+        "mem_size_mib must be at least 1",
+    );
+    refused(
+        &["--kernel", &image("hello.elf"), "--mem", "1"],
+        1,
+        "too small: at least 2 MiB is needed",
     );
     let host_mib = std::fs::read_to_string("/proc/meminfo")
         .unwrap()
@@ -149,7 +154,7 @@ fn command_line_too_long() {
     refused(
         &["--kernel", &image("hello.elf"), "--cmdline", &long],
         1,
-        "the kernel command line is too long",
+        "the kernel command line holds at most 2047",
     );
 }
 
@@ -165,7 +170,7 @@ fn config_files_with_wrong_types_or_unknown_fields() {
         (
             "unknown.json",
             format!(r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "bogus": 1}}"#),
-            "unknown field `bogus`",
+            "unknown section \"bogus\"",
         ),
         (
             "nested.json",

@@ -14,6 +14,8 @@
 //! | `smp.elf` | starts every AP with INIT/SIPI, reports who came up, reboots |
 //! | `pvh.elf` | enters through the PVH note, prints the start info, reboots |
 //! | `bzhello.bzImage` | a bzImage that prints and reboots |
+//! | `ticker.elf` | prints `tick <n>` every few hundred thousand instructions, forever |
+//! | `kbd.elf` | prints the first eight keyboard bytes it polls from the i8042, reboots |
 //! | `xsave.elf` | runs XSAVE in kernel mode like Linux FPU setup (fails on PVM hosts), reboots |
 
 use std::path::PathBuf;

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod api;
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
