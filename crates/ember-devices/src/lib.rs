@@ -9,10 +9,13 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod rate_limiter;
 pub mod trigger;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use trigger::{EventFdTrigger, Trigger};
+pub use virtio::VirtioMmioDevice;
 
 /// The guest memory type every device works on.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
