@@ -22,6 +22,7 @@ use crate::host::{self, HostError, HostVirt};
 use crate::loader::{self, BootProtocol, LoadError};
 use crate::memory::{self, MemoryError};
 use crate::vcpu::{Vcpu, VcpuError, VcpuReporter, Vcpus};
+use crate::virtio_devices::{VirtioDevices, VirtioError};
 use crate::vm::{Vm, VmError};
 use crate::vmm::Vmm;
 
@@ -54,6 +55,8 @@ pub enum BuildError {
     Vcpu(#[from] VcpuError),
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
+    #[error("{0}")]
+    Virtio(#[from] VirtioError),
 }
 
 fn console_writer(out: &ConsoleOutput) -> Result<Box<dyn Write + Send>, BuildError> {
@@ -103,10 +106,20 @@ pub fn build(kvm: &Kvm, host: HostVirt, config: &VmConfig) -> Result<Vmm, BuildE
     let console = ConsoleWiring {
         output: console_writer(&config.console)?,
     };
-    let devices = DeviceManager::new(&vm, console, config.boot_timer)?;
+    let mut devices = DeviceManager::new(&vm, console, config.boot_timer)?;
+    let virtio = VirtioDevices::attach_all(&vm, &mut devices, config)?;
 
     let mem = vm.memory();
-    let cmdline = loader::build_cmdline(config.cmdline.as_deref(), devices.cmdline_extra())?;
+    let mut extra = Vec::new();
+    if let Some(root) = config.drives.iter().find(|d| d.is_root_device) {
+        match &root.partuuid {
+            Some(uuid) => extra.push(format!("root=PARTUUID={uuid}")),
+            None => extra.push("root=/dev/vda".to_string()),
+        }
+        extra.push(if root.block.is_read_only { "ro" } else { "rw" }.to_string());
+    }
+    extra.extend_from_slice(devices.cmdline_extra());
+    let cmdline = loader::build_cmdline(config.cmdline.as_deref(), &extra)?;
     let cmdline_size = loader::write_cmdline(mem, &cmdline)?;
     let tables = |e: String| BuildError::MachineTables(e);
     mptable::write(mem, config.vcpu_count).map_err(|e| tables(e.to_string()))?;
@@ -168,6 +181,7 @@ pub fn build(kvm: &Kvm, host: HostVirt, config: &VmConfig) -> Result<Vmm, BuildE
     Ok(Vmm::new(
         vm,
         devices,
+        virtio,
         vcpus,
         reports,
         vcpu_evt,

@@ -4,6 +4,12 @@
 
 use std::path::PathBuf;
 
+pub use ember_devices::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
+pub use ember_devices::virtio::block::{BlockConfig, CacheType, IoEngine};
+pub use ember_devices::virtio::net::{MacAddr, NetConfig};
+pub use ember_devices::virtio::rng::RngConfig;
+pub use ember_devices::virtio::vsock::VsockConfig;
+
 /// The most vCPUs a VM may have.
 pub const MAX_VCPUS: u8 = 32;
 
@@ -16,6 +22,17 @@ pub enum ConsoleOutput {
     File(PathBuf),
     /// Discarded.
     Sink,
+}
+
+/// A drive: the block device plus how the kernel should mount it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveConfig {
+    pub block: BlockConfig,
+    /// The root filesystem: `root=/dev/vda` (or `root=PARTUUID=`) is added
+    /// to the command line. At most one drive, placed first.
+    pub is_root_device: bool,
+    /// Partition UUID of the root filesystem, if it is on a partition.
+    pub partuuid: Option<String>,
 }
 
 /// A VM to build.
@@ -36,6 +53,14 @@ pub struct VmConfig {
     pub console_input: bool,
     /// Add the boot-timer device (port 0x440).
     pub boot_timer: bool,
+    /// Block devices, the root device (if any) first.
+    pub drives: Vec<DriveConfig>,
+    /// Network interfaces.
+    pub net: Vec<NetConfig>,
+    /// The vsock device.
+    pub vsock: Option<VsockConfig>,
+    /// The entropy device.
+    pub rng: Option<RngConfig>,
 }
 
 impl VmConfig {
@@ -52,6 +77,10 @@ impl VmConfig {
             console: ConsoleOutput::Stdout,
             console_input: false,
             boot_timer: false,
+            drives: Vec::new(),
+            net: Vec::new(),
+            vsock: None,
+            rng: None,
         }
     }
 }

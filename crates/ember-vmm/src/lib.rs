@@ -15,6 +15,7 @@ pub mod host;
 pub mod loader;
 pub mod memory;
 pub mod vcpu;
+pub mod virtio_devices;
 pub mod vm;
 pub mod vmm;
 

@@ -12,8 +12,10 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::config::RateLimiterConfig;
 use crate::device_manager::DeviceManager;
 use crate::vcpu::{VcpuControlError, VcpuFault, VcpuReport, VcpuStop, Vcpus};
+use crate::virtio_devices::VirtioDevices;
 use crate::vm::Vm;
 
 /// Why the VM ended.
@@ -64,12 +66,17 @@ pub enum VmmError {
     Vcpu(#[from] VcpuControlError),
     #[error("cannot inject Ctrl+Alt+Del: {0}")]
     Keyboard(#[from] ember_devices::legacy::i8042::InjectError),
+    #[error("no such device: {0}")]
+    NoSuchDevice(String),
+    #[error("{0}")]
+    Device(String),
 }
 
 /// A running microVM.
 pub struct Vmm {
     // Field order is drop order: stop the vCPUs before the VM goes away.
     vcpus: Vcpus,
+    virtio: VirtioDevices,
     devices: DeviceManager,
     vm: Vm,
     vcpu_reports: Receiver<VcpuReport>,
@@ -83,6 +90,7 @@ impl Vmm {
     pub(crate) fn new(
         vm: Vm,
         devices: DeviceManager,
+        virtio: VirtioDevices,
         vcpus: Vcpus,
         vcpu_reports: Receiver<VcpuReport>,
         vcpu_evt: Arc<EventFd>,
@@ -90,6 +98,7 @@ impl Vmm {
     ) -> Self {
         Self {
             vcpus,
+            virtio,
             devices,
             vm,
             vcpu_reports,
@@ -123,6 +132,56 @@ impl Vmm {
     /// The devices.
     pub fn devices(&self) -> &DeviceManager {
         &self.devices
+    }
+
+    /// The virtio devices and their runtime handles.
+    pub fn virtio(&self) -> &VirtioDevices {
+        &self.virtio
+    }
+
+    /// Points drive `id` at a new backing file and/or changes its limits.
+    pub fn update_drive(
+        &mut self,
+        id: &str,
+        path: Option<&std::path::Path>,
+        limiter: Option<&RateLimiterConfig>,
+    ) -> Result<(), VmmError> {
+        if self.exit.is_some() {
+            return Err(VmmError::NotRunning);
+        }
+        let handle = self
+            .virtio
+            .blocks
+            .get(id)
+            .ok_or_else(|| VmmError::NoSuchDevice(format!("drive '{id}'")))?;
+        if let Some(p) = path {
+            handle
+                .update_path(p)
+                .map_err(|e| VmmError::Device(format!("drive '{id}': {e}")))?;
+        }
+        if let Some(l) = limiter {
+            handle.update_rate_limiter(l);
+        }
+        Ok(())
+    }
+
+    /// Changes the rate limiters of network interface `id`.
+    pub fn update_net(
+        &mut self,
+        id: &str,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) -> Result<(), VmmError> {
+        if self.exit.is_some() {
+            return Err(VmmError::NotRunning);
+        }
+        let handle = self
+            .virtio
+            .nets
+            .get(id)
+            .ok_or_else(|| VmmError::NoSuchDevice(format!("network interface '{id}'")))?;
+        handle.update_rate_limiters(rx, tx);
+        Ok(())
     }
 
     /// Pauses every vCPU.

@@ -91,23 +91,35 @@ impl VmmBackend for EmberBackend {
         self.with_vmm(|v| v.send_ctrl_alt_del().map_err(|e| e.to_string()))
     }
 
-    fn update_drive(&mut self, _update: &PartialDrive) -> Result<(), BackendError> {
-        Err(not_yet("block devices"))
+    fn update_drive(&mut self, update: &PartialDrive) -> Result<(), BackendError> {
+        let path = update.path_on_host.as_ref().map(std::path::PathBuf::from);
+        let limiter = update.rate_limiter.as_ref().map(resources::limiter);
+        self.with_vmm(|v| {
+            v.update_drive(&update.drive_id, path.as_deref(), limiter.as_ref())
+                .map_err(|e| e.to_string())
+        })
     }
 
     fn update_network_interface(
         &mut self,
-        _update: &PartialNetworkInterface,
+        update: &PartialNetworkInterface,
     ) -> Result<(), BackendError> {
-        Err(not_yet("network interfaces"))
+        let rx = update.rx_rate_limiter.as_ref().map(resources::limiter);
+        let tx = update.tx_rate_limiter.as_ref().map(resources::limiter);
+        self.with_vmm(|v| {
+            v.update_net(&update.iface_id, rx.as_ref(), tx.as_ref())
+                .map_err(|e| e.to_string())
+        })
     }
 
     fn check_preboot(&mut self, change: PrebootChange<'_>) -> Result<(), BackendError> {
         match change {
-            PrebootChange::Drive(_) => Err(not_yet("block devices")),
-            PrebootChange::NetworkInterface(_) => Err(not_yet("network interfaces")),
-            PrebootChange::Vsock(_) => Err(not_yet("vsock devices")),
-            PrebootChange::Entropy(_) => Err(not_yet("entropy devices")),
+            PrebootChange::Drive(d) if d.socket.is_some() => {
+                Err(not_yet("vhost-user drives (socket)"))
+            }
+            PrebootChange::NetworkInterface(n) if n.mtu.is_some() => {
+                Err(not_yet("network interface MTUs"))
+            }
             PrebootChange::Serial(s) if s.rate_limiter.is_some() => {
                 Err(not_yet("serial rate limiters"))
             }

@@ -29,8 +29,14 @@ fn register(
 ) {
     event_loop.add_subscriber(vmm.clone());
     let v = vmm.lock().unwrap_or_else(|e| e.into_inner());
+    for sub in v.virtio().subscribers() {
+        event_loop.add_subscriber(sub);
+    }
     let devices = v.devices();
     metrics.register(Arc::new(UartMetrics::new(devices.console_counters.clone())));
+    for source in crate::metrics::device_sources(&v.virtio().metrics) {
+        metrics.register(source);
+    }
     if v.console_input() && stdin_is_interactive_or_stream() {
         if let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() {
             *terminal = Some(RawTerminal::enable());

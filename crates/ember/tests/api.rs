@@ -252,3 +252,53 @@ fn logger_and_metrics_write_their_files() {
     assert!(line["uart"]["write_count"].as_u64().unwrap() > 0, "{line}");
     assert!(line["put_api_requests"].is_object(), "{line}");
 }
+
+#[test]
+fn drives_are_patched_after_boot() {
+    if !have_kvm() {
+        return;
+    }
+    let a = Scratch::new("patch-a.img", &vec![0u8; 1 << 20]);
+    let b = Scratch::new("patch-b.img", &vec![0u8; 2 << 20]);
+    let vm = ApiVm::spawn("patch", &[]);
+    assert_eq!(
+        vm.put("/boot-source", &boot_source(&image("ticker.elf"))).0,
+        204
+    );
+    let drive = format!(
+        r#"{{"drive_id": "d", "path_on_host": "{}", "is_root_device": false, "is_read_only": false}}"#,
+        a.path()
+    );
+    assert_eq!(vm.put("/drives/d", &drive).0, 204);
+    let patch = format!(r#"{{"drive_id": "d", "path_on_host": "{}"}}"#, b.path());
+    assert_eq!(
+        vm.request("PATCH", "/drives/d", Some(&patch)).0,
+        400,
+        "not before boot"
+    );
+    assert_eq!(
+        vm.put("/actions", r#"{"action_type": "InstanceStart"}"#).0,
+        204
+    );
+    assert_eq!(
+        vm.request("PATCH", "/drives/d", Some(&patch)).0,
+        204,
+        "{}",
+        vm.stderr()
+    );
+    let limit = r#"{"drive_id": "d", "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 100}}}"#;
+    assert_eq!(vm.request("PATCH", "/drives/d", Some(limit)).0, 204);
+    let (code, body) = vm.request(
+        "PATCH",
+        "/drives/nope",
+        Some(r#"{"drive_id": "nope", "path_on_host": "/x"}"#),
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("fault_message"), "{body}");
+    let (code, body) = vm.request(
+        "PATCH",
+        "/drives/d",
+        Some(r#"{"drive_id": "d", "path_on_host": "/nonexistent.img"}"#),
+    );
+    assert_eq!(code, 400, "a missing file is refused: {body}");
+}

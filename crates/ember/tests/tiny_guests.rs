@@ -312,3 +312,41 @@ fn kernel_mode_xsave_runs_or_is_explained() {
         assert!(o.stdout.contains("xsave: done"));
     }
 }
+
+#[test]
+fn virtio_devices_are_announced_on_the_command_line() {
+    if !have_kvm() {
+        return;
+    }
+    let root = Scratch::new("root.img", &vec![0u8; 1 << 20]);
+    let data = Scratch::new("data.img", &vec![0u8; 1 << 20]);
+    let uds = std::env::temp_dir().join(format!("ember-test-{}-v.sock", std::process::id()));
+    let cfg = format!(
+        r#"{{
+            "boot-source": {{"kernel_image_path": "{}", "boot_args": "console=ttyS0"}},
+            "drives": [
+                {{"drive_id": "data", "path_on_host": "{}", "is_root_device": false, "is_read_only": true}},
+                {{"drive_id": "rootfs", "path_on_host": "{}", "is_root_device": true, "is_read_only": false}}
+            ],
+            "vsock": {{"guest_cid": 3, "uds_path": "{}"}},
+            "entropy": {{}}
+        }}"#,
+        image("bootinfo.elf"),
+        data.path(),
+        root.path(),
+        uds.display()
+    );
+    let f = Scratch::new("virtio.json", cfg.as_bytes());
+    let o = quick(&["--no-api", "--config-file", f.path()]);
+    let _ = std::fs::remove_file(&uds);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        field(&o.stdout, "cmdline"),
+        Some(
+            "console=ttyS0 pci=off root=/dev/vda rw \
+             virtio_mmio.device=4K@0xd0001000:5 virtio_mmio.device=4K@0xd0002000:6 \
+             virtio_mmio.device=4K@0xd0003000:7 virtio_mmio.device=4K@0xd0004000:8"
+        ),
+        "the root drive first, then the other drive, vsock and entropy"
+    );
+}

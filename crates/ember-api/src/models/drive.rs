@@ -5,13 +5,14 @@ use serde::{Deserialize, Serialize};
 use super::rate_limiter::{validate_opt, RateLimiter};
 use super::validate_id;
 
-/// How the device handles guest flushes.
+/// How the device handles guest flushes. Ember's default is durable
+/// (`Writeback`); Firecracker's is `Unsafe`, which here must be asked for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CacheType {
     /// Flush requests are acknowledged without syncing the host file.
-    #[default]
     Unsafe,
-    /// Flush requests sync the host file.
+    /// Flush requests sync the host file (fdatasync).
+    #[default]
     Writeback,
 }
 
@@ -134,7 +135,16 @@ mod tests {
         .unwrap();
         d.validate().unwrap();
         assert!(d.read_only());
-        assert_eq!(d.cache_type, CacheType::Unsafe);
+        assert_eq!(
+            d.cache_type,
+            CacheType::Writeback,
+            "Ember's default is durable"
+        );
+        let d: Drive = serde_json::from_str(
+            r#"{"drive_id": "d2", "path_on_host": "/x", "is_root_device": false, "cache_type": "Unsafe"}"#,
+        )
+        .unwrap();
+        assert_eq!(d.cache_type, CacheType::Unsafe, "Unsafe when asked for");
     }
 
     #[test]
