@@ -78,6 +78,7 @@ fn initial_config(cli: &cli::Cli) -> Result<Option<VmConfigFile>, String> {
 }
 
 fn main() {
+    ember_devices::legacy::boot_timer::mark_process_start();
     let cli = cli::Cli::parse();
     let logger =
         Logger::install_global(&cli.id).unwrap_or_else(|e| fail(exit_code::SETUP_ERROR, e));
