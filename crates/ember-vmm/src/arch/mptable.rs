@@ -76,11 +76,10 @@ pub fn build(num_cpus: u8, base: u64) -> Result<Vec<u8>, MpTableError> {
     entries.extend_from_slice(&[ENTRY_IOAPIC, ioapic, IOAPIC_VERSION, 1]);
     entries.extend_from_slice(&(IOAPIC_START as u32).to_le_bytes());
     count += 1;
-    // The 8259 cascade reaches the IOAPIC on pin 0 as ExtINT.
+    // ISA IRQs on IOAPIC pins. The 8259 reaches the CPUs through LINT0
+    // (below), not through IOAPIC pin 0: KVM's IOAPIC does not route it.
     let io_int =
         |kind: u8, src_irq: u8, pin: u8| [ENTRY_IO_INT, kind, 0, 0, 0, src_irq, ioapic, pin];
-    entries.extend_from_slice(&io_int(INT_TYPE_EXTINT, 0, 0));
-    count += 1;
     for irq in 0..IOAPIC_PINS as u8 {
         let pin = match irq {
             0 => 2,
@@ -203,7 +202,10 @@ mod tests {
         assert_eq!(p.cpus, vec![(0, 3), (1, 1), (2, 1), (3, 1)]);
         assert_eq!(p.ioapics, vec![(4, 0xfec0_0000)]);
         assert_eq!(p.buses, vec!["ISA   "]);
-        assert!(p.io_ints.contains(&(INT_TYPE_EXTINT, 0, 0)));
+        assert!(
+            !p.io_ints.iter().any(|&(t, _, _)| t == INT_TYPE_EXTINT),
+            "8259 via LINT0 only"
+        );
         assert!(p.io_ints.contains(&(INT_TYPE_INT, 0, 2)), "PIT on pin 2");
         assert!(p.io_ints.contains(&(INT_TYPE_INT, 4, 4)));
         assert!(p.io_ints.contains(&(INT_TYPE_INT, 23, 23)));
