@@ -221,6 +221,14 @@ impl Vcpu {
             loop {
                 match commands.try_recv() {
                     Ok(VcpuCommand::Pause) => {
+                        // Tell a kvmclock guest it was stopped on purpose, so
+                        // its watchdogs do not report a soft lockup after a
+                        // long pause. EINVAL: the guest does not use kvmclock.
+                        if let Err(e) = self.fd.kvmclock_ctrl() {
+                            if e.errno() != libc::EINVAL {
+                                tracing::warn!("vCPU {}: KVM_KVMCLOCK_CTRL failed: {e}", self.id);
+                            }
+                        }
                         let _ = responses.send(VcpuResponse::Paused);
                         // Parked until told otherwise.
                         loop {
