@@ -144,7 +144,8 @@ fn linux_boots_under_ember_with_acpi_mptable_smp_and_exits() {
         debian_config.contains("# CONFIG_X86_MPPARSE is not set"),
         "Debian's kernel gained MP-table support: add a debian-mptable scenario"
     );
-    for name in ["microvm-mptable"] {
+    {
+        let name = "microvm-mptable";
         let s = report.scenario(name).unwrap();
         let probe = s
             .guest()
