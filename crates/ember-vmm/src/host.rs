@@ -23,10 +23,10 @@ pub enum HostVirt {
 }
 
 /// The warning printed once at start on a PVM-only host.
-pub const PVM_WARNING: &str = "warning: this host's KVM is PVM-based (no VT-x/AMD-V): standard Linux guest kernels cannot run here, only PVM-built kernels and tiny test guests; use a host with hardware virtualization, or Ember's nested test host (scripts/nested/run)";
+pub const PVM_WARNING: &str = "warning: this host's KVM is PVM-based (no VT-x/AMD-V): standard Linux guest kernels cannot run here, only PVM-built kernels and tiny test guests; use a host with hardware virtualization, or Ember's nested test host (./scripts/demo runs a guest there; see scripts/nested/README.md)";
 
 /// Why a guest died of an emulation failure on a PVM-only host.
-pub const PVM_EMULATION_HINT: &str = "this host's KVM is PVM-based (no VT-x/AMD-V): it emulates guest kernel code and cannot emulate XSAVE/XRSTOR or most SSE and x87 instructions, which every standard Linux kernel runs while setting up its FPU; use a host with VT-x/AMD-V, or Ember's nested test host (scripts/nested/run)";
+pub const PVM_EMULATION_HINT: &str = "this host's KVM is PVM-based (no VT-x/AMD-V): it emulates guest kernel code and cannot emulate XSAVE/XRSTOR or most SSE and x87 instructions, which every standard Linux kernel runs while setting up its FPU; use a host with VT-x/AMD-V, or Ember's nested test host (./scripts/demo runs a guest there; see scripts/nested/README.md)";
 
 /// Errors opening KVM.
 #[derive(Debug, thiserror::Error)]
