@@ -11,6 +11,8 @@
 
 use std::ops::Deref;
 
+use smallvec::SmallVec;
+
 use virtio_queue::DescriptorChain;
 use vm_memory::{Address, ByteValued, GuestAddress, GuestMemoryBackend, VolatileSlice};
 
@@ -52,19 +54,22 @@ pub struct ChainLimits {
 /// A sequence of guest memory slices read or written as one byte stream.
 #[derive(Clone, Debug, Default)]
 pub struct GuestSg<'m> {
-    /// Each slice with its guest address.
-    segs: Vec<(GuestAddress, VolatileSlice<'m>)>,
+    /// Each slice with its guest address. Requests rarely have more than a
+    /// few buffers: those stay inline, so parsing a chain does not allocate.
+    segs: SmallVec<[(GuestAddress, VolatileSlice<'m>); INLINE_SEGS]>,
     len: usize,
 }
 
 /// Slices up to this many get their iovecs on the stack.
 const INLINE_IOVECS: usize = 8;
+/// Slices up to this many are stored inline in a `GuestSg`.
+const INLINE_SEGS: usize = 4;
 
 impl<'m> GuestSg<'m> {
     /// An empty list.
     pub fn new() -> Self {
         Self {
-            segs: Vec::new(),
+            segs: SmallVec::new(),
             len: 0,
         }
     }
@@ -81,9 +86,6 @@ impl<'m> GuestSg<'m> {
 
     fn push(&mut self, addr: GuestAddress, s: VolatileSlice<'m>) {
         if !s.is_empty() {
-            if self.segs.capacity() == 0 {
-                self.segs.reserve(4);
-            }
             self.len += s.len();
             self.segs.push((addr, s));
         }
