@@ -6,6 +6,13 @@
 //!
 //! Skips (with a printed reason) only when qemu-system-x86_64 is absent.
 //! Builds the minimal microVM kernel if it is not cached (~8 minutes).
+//!
+//! Not in the default run (`cargo test -- --ignored` runs it): it tests
+//! QEMU, not Ember, and QEMU 7.2's microvm inside the emulated host was seen
+//! to hang booting the Debian kernel (no output for 120 s after "PCI: Fatal:
+//! No config space access function found"), which must not gate Ember's CI.
+//! Run it when an ember test fails, to tell a guest-side problem from an
+//! ember one.
 
 use std::time::Duration;
 
@@ -14,6 +21,7 @@ use ember_harness::{
 };
 
 #[test]
+#[ignore = "diagnostic: boots L2 with QEMU (not Ember) inside L1; run with --ignored when an ember test fails"]
 fn l2_kernels_boot_under_reference_qemu_in_l1() {
     if !qemu_available() {
         eprintln!("SKIPPED: qemu-system-x86_64 is not installed");
