@@ -158,10 +158,10 @@ impl PacketSocket {
     pub fn recv_matching(&self, ethertype: u16) -> Option<Vec<u8>> {
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut buf = vec![0u8; 65536];
+        let fd = self.fd.as_raw_fd();
         while Instant::now() < deadline {
             // SAFETY: recv writes at most `buf.len()` bytes into `buf`.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n >= 14 && buf[12..14] == ethertype.to_be_bytes() {
                 return Some(buf[..n as usize].to_vec());
             }

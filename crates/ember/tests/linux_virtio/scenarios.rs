@@ -214,7 +214,7 @@ struct Drive {
     path: &'static str,
     root: bool,
     ro: bool,
-    cache_unsafe: bool,
+    skip_flush: bool,
     /// io_engine Async (io_uring) instead of Sync.
     uring: bool,
     limited: bool,
@@ -226,7 +226,7 @@ const fn drive(id: &'static str, path: &'static str) -> Drive {
         path,
         root: false,
         ro: false,
-        cache_unsafe: false,
+        skip_flush: false,
         uring: false,
         limited: false,
     }
@@ -277,7 +277,7 @@ fn vm_json(kernel: &str, initrd: Option<&str>, args: &str, drives: &[Drive], x: 
                 "path_on_host": d.path,
                 "is_root_device": d.root,
                 "is_read_only": d.ro,
-                "cache_type": if d.cache_unsafe { "Unsafe" } else { "Writeback" },
+                "cache_type": if d.skip_flush { "Unsafe" } else { "Writeback" },
                 "io_engine": if d.uring { "Async" } else { "Sync" },
             });
             if d.limited {
@@ -435,7 +435,7 @@ pub(super) fn durability(nonce: &str) -> String {
                 ..drive("async", "/scratch/dur-async.img")
             },
             Drive {
-                cache_unsafe: true,
+                skip_flush: true,
                 ..drive("unsafe", "/scratch/dur-unsafe.img")
             },
         ],

@@ -145,11 +145,10 @@ impl UringEngine {
                 .build(),
         }
         .user_data(slot as u64);
-        // SAFETY: the entry's iovec array lives in `self.slots[slot]` (a
-        // boxed slice, so its address does not move) until the completion
-        // for `slot` is reaped, and the guest memory it points to stays
-        // mapped until then: the device drains the ring before releasing
-        // guest memory or the file.
+        // The entry's iovec array lives in `self.slots[slot]`, a boxed slice
+        // whose address does not move, until `slot`'s completion is reaped;
+        // the device drains the ring before releasing guest memory or the file.
+        // SAFETY: so the iovecs and the memory they point to outlive the I/O.
         let pushed = unsafe { self.ring.submission().push(&entry) };
         if pushed.is_err() {
             self.free.push(slot);

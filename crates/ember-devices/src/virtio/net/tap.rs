@@ -116,12 +116,12 @@ impl Tap {
 impl NetBackend for Tap {
     fn read_frame(&mut self, bufs: &GuestSg<'_>) -> io::Result<usize> {
         let iovecs = bufs.iovecs();
+        let (fd, count) = (self.file.as_raw_fd(), iovecs.len() as i32);
         loop {
             // SAFETY: the iovecs point into mapped guest memory described by
             // `bufs`, which lives across the call; readv writes at most
             // their total length.
-            let n =
-                unsafe { libc::readv(self.file.as_raw_fd(), iovecs.as_ptr(), iovecs.len() as i32) };
+            let n = unsafe { libc::readv(fd, iovecs.as_ptr(), count) };
             if n >= 0 {
                 return Ok(n as usize);
             }
