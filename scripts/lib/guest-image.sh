@@ -98,7 +98,7 @@ guest_inputs() {
 
 # Stage the guest tree into TREE.
 guest_stage() {
-    local tree="$1" r src name dst helpers
+    local tree="$1" r src name helpers
     img_stage_dirs "$tree"
     img_stage_busybox "$tree"
     install -m 0755 "$GUEST_INIT" "$tree/init"
@@ -126,12 +126,7 @@ guest_stage() {
         chmod 0755 "$tree/ember/run/$name"
     done
     for r in ${GUEST_FILES[@]+"${GUEST_FILES[@]}"}; do
-        src="${r%%:*}"
-        dst="${r#*:}"
-        [ -e "$src" ] || ember_die "no such file: $src"
-        mkdir -p "$tree$(dirname "$dst")"
-        rm -f "$tree$dst"
-        cp -a "$src" "$tree$dst"
+        img_stage_file "$tree" "${r%%:*}" "${r#*:}"
     done
 
     if [ -n "$GUEST_MODULES" ]; then

@@ -76,6 +76,16 @@ img_stage_modules() {
     done
 }
 
+# Copy a file (or tree) into the image at DST, replacing what is there.
+# Usage: img_stage_file TREE SRC DST
+img_stage_file() {
+    local tree="$1" src="$2" dst="$3"
+    [ -e "$src" ] || ember_die "no such file: $src"
+    mkdir -p "$tree$(dirname "$dst")"
+    rm -f "$tree$dst"
+    cp -a "$src" "$tree$dst"
+}
+
 # Copy a dynamically linked program and the shared libraries ldd lists.
 # Usage: img_stage_binary TREE SRC DST
 img_stage_binary() {

@@ -94,12 +94,7 @@ for f in ${l2[@]+"${l2[@]}"}; do
     ln "$src" "$tree/ember/l2/$name" 2>/dev/null || cp "$src" "$tree/ember/l2/$name"
 done
 for f in ${files[@]+"${files[@]}"}; do
-    src="${f%%:*}"
-    dst="${f#*:}"
-    [ -e "$src" ] || ember_die "no such file: $src"
-    mkdir -p "$tree$(dirname "$dst")"
-    rm -f "$tree$dst"
-    cp -a "$src" "$tree$dst"
+    img_stage_file "$tree" "${f%%:*}" "${f#*:}"
 done
 : >"$tree/ember/scenarios/ORDER"
 for s in ${scenarios[@]+"${scenarios[@]}"}; do

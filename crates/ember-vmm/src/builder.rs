@@ -17,7 +17,7 @@ use crate::arch::layout::{CMDLINE_START, PVH_INFO_START, ZERO_PAGE_START};
 use crate::arch::regs::EntryMode;
 use crate::arch::{acpi, boot_params, cpuid, mptable, paging, regs};
 use crate::config::{ConsoleOutput, VmConfig, MAX_VCPUS};
-use crate::device_manager::{ConsoleWiring, DeviceError, DeviceManager};
+use crate::device_manager::{DeviceError, DeviceManager};
 use crate::host::{self, HostError, HostVirt};
 use crate::loader::{self, BootProtocol, LoadError};
 use crate::memory::{self, MemoryError};
@@ -103,9 +103,7 @@ pub fn build(kvm: &Kvm, host: HostVirt, config: &VmConfig) -> Result<Vmm, BuildE
     };
 
     let vm = Vm::new(kvm, mem)?;
-    let console = ConsoleWiring {
-        output: console_writer(&config.console)?,
-    };
+    let console = console_writer(&config.console)?;
     let mut devices = DeviceManager::new(&vm, console, config.boot_timer)?;
     let virtio = VirtioDevices::attach_all(&vm, &mut devices, config)?;
 

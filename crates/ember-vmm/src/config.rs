@@ -13,6 +13,9 @@ pub use ember_devices::virtio::vsock::VsockConfig;
 /// The most vCPUs a VM may have.
 pub const MAX_VCPUS: u8 = 32;
 
+// Every vCPU must fit in the MP table's room below 640 KiB.
+const _: () = assert!(MAX_VCPUS <= crate::arch::mptable::MAX_CPUS);
+
 /// Where the guest console's output goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConsoleOutput {

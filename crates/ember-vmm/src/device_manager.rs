@@ -61,11 +61,6 @@ impl GuestEvents {
     }
 }
 
-/// Where console output goes and whether host input reaches the guest.
-pub struct ConsoleWiring {
-    pub output: Box<dyn Write + Send>,
-}
-
 /// The devices of one VM and what the guest must be told about them.
 pub struct DeviceManager {
     io_bus: Bus,
@@ -92,7 +87,11 @@ fn irq_line(vm: &Vm, gsi: u32) -> Result<EventFdTrigger, DeviceError> {
 impl DeviceManager {
     /// Creates the platform devices: COM1, the i8042, the CMOS RTC, the
     /// ACPI sleep/reset block, pvpanic, and (if asked) the boot timer.
-    pub fn new(vm: &Vm, console: ConsoleWiring, boot_timer: bool) -> Result<Self, DeviceError> {
+    pub fn new(
+        vm: &Vm,
+        console: Box<dyn Write + Send>,
+        boot_timer: bool,
+    ) -> Result<Self, DeviceError> {
         let events = GuestEvents::new()?;
         let mut io_bus = Bus::new();
         let mut mmio_bus = Bus::new();
@@ -103,7 +102,7 @@ impl DeviceManager {
         let serial = Arc::new(Mutex::new(SerialPort::new(
             irq_line(vm, IRQ_COM1)?,
             drained.clone(),
-            console.output,
+            console,
             counters.clone(),
         )));
         io_bus.insert(serial.clone(), u64::from(PORT_COM1), 8)?;

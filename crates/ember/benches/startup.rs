@@ -44,6 +44,20 @@ fn ember() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ember"))
 }
 
+/// `ember --kernel <tiny guest> --boot-timer`, stderr piped for the
+/// boot-timer line.
+fn spawn_tiny(image: &str) -> Child {
+    ember()
+        .arg("--kernel")
+        .arg(tiny_guests::image(image))
+        .arg("--boot-timer")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ember")
+}
+
 struct Sample {
     first_wall_us: f64,
     first_cpu_us: f64,
@@ -60,17 +74,8 @@ fn field(line: &str, key: &str) -> Option<u64> {
 // The child is reaped with wait4 (for its rusage), which clippy cannot see.
 #[allow(clippy::zombie_processes)]
 fn one_boot() -> Sample {
-    let kernel = tiny_guests::image("boot_timer.elf");
     let t0 = monotonic_ns();
-    let mut child = ember()
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--boot-timer")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ember");
+    let mut child = spawn_tiny("boot_timer.elf");
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: rusage is plain data; zeroed is valid.
@@ -199,15 +204,7 @@ fn print_memory(what: &str, pid: u32) {
 }
 
 fn memory() {
-    let mut child = ember()
-        .arg("--kernel")
-        .arg(tiny_guests::image("idle.elf"))
-        .arg("--boot-timer")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ember");
+    let mut child = spawn_tiny("idle.elf");
     let _err = wait_guest_up(&mut child);
     std::thread::sleep(Duration::from_millis(300));
     print_memory("no API", child.id());

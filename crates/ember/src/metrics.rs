@@ -7,41 +7,18 @@ use ember_devices::legacy::SerialCounters;
 use ember_telemetry::MetricsSource;
 use serde_json::{json, Value};
 
-/// The console UART (`uart` section): counts since the last line.
-pub struct UartMetrics {
-    counters: Arc<SerialCounters>,
-    last: Mutex<[u64; 3]>,
-}
-
-impl UartMetrics {
-    pub fn new(counters: Arc<SerialCounters>) -> Self {
-        Self {
-            counters,
-            last: Mutex::new([0; 3]),
-        }
-    }
-}
-
-impl MetricsSource for UartMetrics {
-    fn name(&self) -> &str {
-        "uart"
-    }
-
-    fn snapshot(&self) -> Value {
-        let now = [
-            self.counters.out_bytes.load(Ordering::Relaxed),
-            self.counters.lost_bytes.load(Ordering::Relaxed),
-            self.counters.reads.load(Ordering::Relaxed),
-        ];
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let d: Vec<u64> = now
-            .iter()
-            .zip(last.iter())
-            .map(|(n, l)| n.saturating_sub(*l))
-            .collect();
-        *last = now;
-        json!({"write_count": d[0], "missed_write_count": d[1], "read_count": d[2]})
-    }
+/// The console UART (`uart` section), in Firecracker's names.
+pub fn uart_source(counters: Arc<SerialCounters>) -> Arc<dyn MetricsSource> {
+    Arc::new(DeltaMetrics::new(
+        "uart".to_string(),
+        Box::new(move || {
+            json!({
+                "write_count": counters.out_bytes.load(Ordering::Relaxed),
+                "missed_write_count": counters.lost_bytes.load(Ordering::Relaxed),
+                "read_count": counters.reads.load(Ordering::Relaxed),
+            })
+        }),
+    ))
 }
 
 /// A device's counters (plain totals) reported as changes since the last
@@ -118,6 +95,21 @@ pub fn device_sources(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uart_counts_are_reported_since_the_last_line() {
+        let c = Arc::new(SerialCounters::default());
+        let src = uart_source(c.clone());
+        c.out_bytes.store(5, Ordering::Relaxed);
+        assert_eq!(src.snapshot()["write_count"], 5);
+        c.out_bytes.store(7, Ordering::Relaxed);
+        let s = src.snapshot();
+        assert_eq!(
+            (s["write_count"].as_u64(), s["read_count"].as_u64()),
+            (Some(2), Some(0))
+        );
+        assert_eq!(src.name(), "uart");
+    }
 
     #[test]
     fn deltas_of_nested_counters() {

@@ -13,7 +13,6 @@ use ember_vmm::vmm::{SharedVmm, VmExit};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 
 use crate::backend::{lock, SharedSlot};
-use crate::metrics::UartMetrics;
 use crate::terminal::{stdin_is_interactive_or_stream, RawTerminal};
 
 /// The event loop type the binary uses.
@@ -33,7 +32,9 @@ fn register(
         event_loop.add_subscriber(sub);
     }
     let devices = v.devices();
-    metrics.register(Arc::new(UartMetrics::new(devices.console_counters.clone())));
+    metrics.register(crate::metrics::uart_source(
+        devices.console_counters.clone(),
+    ));
     for source in crate::metrics::device_sources(&v.virtio().metrics) {
         metrics.register(source);
     }
@@ -64,8 +65,9 @@ pub fn run<B: VmmBackend + Send + 'static>(
     let mut terminal = None;
     let mut current: Option<SharedVmm> = None;
     let exit = loop {
-        // A VM started by the last request (or before the loop) joins now.
-        {
+        // A VM started by the last request (or before the loop) joins now;
+        // once one runs, no other can start.
+        if current.is_none() {
             let mut s = lock(&slot);
             if let (Some(vmm), false) = (s.vmm.clone(), s.registered) {
                 s.registered = true;

@@ -89,11 +89,15 @@ pub struct Vcpu {
     host: HostVirt,
 }
 
-/// What happened in one KVM_RUN.
-enum RunOutcome {
-    Continue,
-    Interrupted,
-    Stop(VcpuStop),
+/// Where a vCPU thread is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Running the guest.
+    Running,
+    /// Paused by the VMM.
+    Parked,
+    /// The guest stopped it (reset, power-off, fault): waiting for Stop.
+    Halted,
 }
 
 impl Vcpu {
@@ -146,6 +150,17 @@ impl Vcpu {
         })
     }
 
+    /// Tells a kvmclock guest it was stopped on purpose, so its watchdogs do
+    /// not report a soft lockup after a long pause. EINVAL: the guest does
+    /// not use kvmclock.
+    fn tell_guest_clock_it_was_paused(&self) {
+        if let Err(e) = self.fd.kvmclock_ctrl() {
+            if e.errno() != libc::EINVAL {
+                tracing::warn!("vCPU {}: KVM_KVMCLOCK_CTRL failed: {e}", self.id);
+            }
+        }
+    }
+
     fn internal_error_suberror(&mut self) -> u32 {
         let run = self.fd.get_kvm_run();
         // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so the kernel
@@ -153,14 +168,16 @@ impl Vcpu {
         unsafe { run.__bindgen_anon_1.internal.suberror }
     }
 
-    fn run_once(&mut self) -> RunOutcome {
+    /// Runs the guest until its next exit and handles it; returns why the
+    /// vCPU must stop, if it must.
+    fn run_once(&mut self) -> Option<VcpuStop> {
         let exit = match self.fd.run() {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 self.fd.set_kvm_immediate_exit(0);
-                return RunOutcome::Interrupted;
+                return None;
             }
-            Err(e) => return RunOutcome::Stop(self.fault(FaultKind::RunFailed(e.to_string()))),
+            Err(e) => return Some(self.fault(FaultKind::RunFailed(e.to_string()))),
         };
         match exit {
             VcpuExit::IoIn(port, data) => {
@@ -182,17 +199,17 @@ impl Vcpu {
             // With the in-kernel irqchip, HLT is handled by KVM; if it ever
             // reaches us, running again waits for the next interrupt.
             VcpuExit::Hlt => {}
-            VcpuExit::Shutdown => return RunOutcome::Stop(self.fault(FaultKind::TripleFault)),
+            VcpuExit::Shutdown => return Some(self.fault(FaultKind::TripleFault)),
             VcpuExit::FailEntry(reason, _) => {
-                return RunOutcome::Stop(self.fault(FaultKind::FailEntry { reason }));
+                return Some(self.fault(FaultKind::FailEntry { reason }));
             }
             VcpuExit::InternalError => {
                 let suberror = self.internal_error_suberror();
                 let host = self.host;
-                return RunOutcome::Stop(self.fault(FaultKind::InternalError { suberror, host }));
+                return Some(self.fault(FaultKind::InternalError { suberror, host }));
             }
             VcpuExit::SystemEvent(kind, _) => {
-                return RunOutcome::Stop(match kind {
+                return Some(match kind {
                     KVM_SYSTEM_EVENT_SHUTDOWN => VcpuStop::PowerOff,
                     KVM_SYSTEM_EVENT_RESET => VcpuStop::Reset,
                     KVM_SYSTEM_EVENT_CRASH => VcpuStop::Crash,
@@ -201,10 +218,10 @@ impl Vcpu {
             }
             other => {
                 let name = format!("{other:?}");
-                return RunOutcome::Stop(self.fault(FaultKind::Unhandled(name)));
+                return Some(self.fault(FaultKind::Unhandled(name)));
             }
         }
-        RunOutcome::Continue
+        None
     }
 
     /// The thread body: runs the guest until stopped by a command or by
@@ -216,59 +233,40 @@ impl Vcpu {
         reporter: VcpuReporter,
     ) {
         kick::bind(self.fd.get_kvm_run());
-        'outer: loop {
-            // Commands first: a kick only makes KVM_RUN return.
-            loop {
-                match commands.try_recv() {
-                    Ok(VcpuCommand::Pause) => {
-                        // Tell a kvmclock guest it was stopped on purpose, so
-                        // its watchdogs do not report a soft lockup after a
-                        // long pause. EINVAL: the guest does not use kvmclock.
-                        if let Err(e) = self.fd.kvmclock_ctrl() {
-                            if e.errno() != libc::EINVAL {
-                                tracing::warn!("vCPU {}: KVM_KVMCLOCK_CTRL failed: {e}", self.id);
-                            }
-                        }
-                        let _ = responses.send(VcpuResponse::Paused);
-                        // Parked until told otherwise.
-                        loop {
-                            match commands.recv() {
-                                Ok(VcpuCommand::Resume) => {
-                                    let _ = responses.send(VcpuResponse::Resumed);
-                                    break;
-                                }
-                                Ok(VcpuCommand::Pause) => {
-                                    let _ = responses.send(VcpuResponse::Paused);
-                                }
-                                Ok(VcpuCommand::Stop) | Err(_) => break 'outer,
-                            }
-                        }
+        let mut mode = Mode::Running;
+        loop {
+            // Commands first: a kick only makes KVM_RUN return. Parked or
+            // halted, the thread waits for the next one.
+            let command = match mode {
+                Mode::Running => match commands.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => Some(VcpuCommand::Stop),
+                },
+                Mode::Parked | Mode::Halted => Some(commands.recv().unwrap_or(VcpuCommand::Stop)),
+            };
+            match command {
+                Some(VcpuCommand::Stop) => break,
+                Some(VcpuCommand::Pause) => {
+                    if mode == Mode::Running {
+                        self.tell_guest_clock_it_was_paused();
+                        mode = Mode::Parked;
                     }
-                    Ok(VcpuCommand::Resume) => {
-                        let _ = responses.send(VcpuResponse::Resumed);
-                    }
-                    Ok(VcpuCommand::Stop) | Err(TryRecvError::Disconnected) => break 'outer,
-                    Err(TryRecvError::Empty) => break,
+                    let _ = responses.send(VcpuResponse::Paused);
                 }
-            }
-            match self.run_once() {
-                RunOutcome::Continue | RunOutcome::Interrupted => {}
-                RunOutcome::Stop(stop) => {
-                    reporter.report(self.id, stop);
-                    // Stay parked (answering pauses) until stopped, so the
-                    // VMM sees a uniform shutdown.
-                    while let Ok(cmd) = commands.recv() {
-                        match cmd {
-                            VcpuCommand::Stop => break,
-                            VcpuCommand::Pause => {
-                                let _ = responses.send(VcpuResponse::Paused);
-                            }
-                            VcpuCommand::Resume => {
-                                let _ = responses.send(VcpuResponse::Resumed);
-                            }
-                        }
+                Some(VcpuCommand::Resume) => {
+                    if mode == Mode::Parked {
+                        mode = Mode::Running;
                     }
-                    break;
+                    let _ = responses.send(VcpuResponse::Resumed);
+                }
+                None => {
+                    if let Some(stop) = self.run_once() {
+                        reporter.report(self.id, stop);
+                        // Stay (answering pauses) until stopped, so the VMM
+                        // sees a uniform shutdown.
+                        mode = Mode::Halted;
+                    }
                 }
             }
         }
