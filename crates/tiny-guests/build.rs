@@ -19,6 +19,8 @@ const GUESTS: &[&str] = &[
     "xsave",
     "ticker",
     "kbd",
+    "snapcount",
+    "spin_timer",
 ];
 
 fn run(cmd: &mut Command) {

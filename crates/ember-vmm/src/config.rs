@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
+
 pub use ember_devices::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 pub use ember_devices::virtio::block::{BlockConfig, CacheType, IoEngine};
 pub use ember_devices::virtio::net::{MacAddr, NetConfig};
@@ -28,7 +30,7 @@ pub enum ConsoleOutput {
 }
 
 /// A drive: the block device plus how the kernel should mount it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DriveConfig {
     pub block: BlockConfig,
     /// The root filesystem: `root=/dev/vda` (or `root=PARTUUID=`) is added
@@ -36,6 +38,17 @@ pub struct DriveConfig {
     pub is_root_device: bool,
     /// Partition UUID of the root filesystem, if it is on a partition.
     pub partuuid: Option<String>,
+}
+
+/// The shape of a machine: what a snapshot must reproduce exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineInfo {
+    pub vcpu_count: u8,
+    pub mem_size_mib: usize,
+    /// Two threads per core in the CPU topology.
+    pub smt: bool,
+    /// Guest memory on 2 MiB huge pages.
+    pub huge_pages: bool,
 }
 
 /// A VM to build.
@@ -67,6 +80,16 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
+    /// The machine's shape.
+    pub fn machine(&self) -> MachineInfo {
+        MachineInfo {
+            vcpu_count: self.vcpu_count,
+            mem_size_mib: self.mem_size_mib,
+            smt: self.smt,
+            huge_pages: self.huge_pages,
+        }
+    }
+
     /// A VM with Firecracker's defaults (1 vCPU, 128 MiB) booting `kernel`.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         Self {

@@ -3,13 +3,20 @@
 //! the guest must be told about them (ACPI DSDT entries, command-line
 //! announcements).
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
+
 use ember_devices::legacy::boot_timer::HostClocks;
+use ember_devices::legacy::cmos::CmosState;
+use ember_devices::legacy::i8042::I8042State;
+use ember_devices::legacy::pvpanic::PvPanicState;
+use ember_devices::legacy::serial::SerialPortState;
 use ember_devices::legacy::{
-    acpi_pm, cmos, i8042, AcpiPm, BootTimer, Cmos, PvPanic, SerialCounters, SerialPort,
-    SystemClock, I8042,
+    acpi_pm, cmos, i8042, AcpiPm, BootTimer, Cmos, LegacyStateError, PvPanic, SerialCounters,
+    SerialPort, SystemClock, I8042,
 };
 use ember_devices::{Bus, BusDevice, BusError, EventFdTrigger};
 
@@ -39,6 +46,21 @@ pub enum DeviceError {
     OutOfIrqs,
     #[error("no MMIO slot left for another device")]
     OutOfMmio,
+    #[error("cannot restore a platform device: {0}")]
+    Legacy(#[from] LegacyStateError),
+    #[error("a device cannot sit at MMIO {base:#x} with IRQ {irq}: {why}")]
+    BadPlacement {
+        base: u64,
+        irq: u32,
+        why: &'static str,
+    },
+}
+
+/// Where a virtio-mmio device sits: its 4 KiB window and its IRQ line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub mmio_base: u64,
+    pub irq: u32,
 }
 
 /// Events devices raise for the VMM: the guest asked to reset, to power
@@ -61,14 +83,24 @@ impl GuestEvents {
     }
 }
 
+/// The guest-visible state of the platform devices (their places are
+/// fixed, so only their registers are saved).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacyState {
+    pub serial: SerialPortState,
+    pub i8042: I8042State,
+    pub cmos: CmosState,
+    pub pvpanic: PvPanicState,
+}
+
 /// The devices of one VM and what the guest must be told about them.
 pub struct DeviceManager {
     io_bus: Bus,
     mmio_bus: Bus,
     acpi_devices: Vec<AcpiDevice>,
     cmdline_extra: Vec<String>,
-    next_irq: u32,
-    next_mmio_slot: u64,
+    used_irqs: BTreeSet<u32>,
+    used_slots: BTreeSet<u64>,
     pub events: GuestEvents,
     pub console: Arc<Mutex<Console>>,
     /// Fires when the console's input FIFO drains.
@@ -76,6 +108,7 @@ pub struct DeviceManager {
     pub console_counters: Arc<SerialCounters>,
     pub keyboard: Arc<Mutex<Keyboard>>,
     pub pvpanic: Arc<Mutex<PvPanic<EventFdTrigger>>>,
+    pub rtc: Arc<Mutex<Cmos<SystemClock>>>,
 }
 
 fn irq_line(vm: &Vm, gsi: u32) -> Result<EventFdTrigger, DeviceError> {
@@ -86,11 +119,13 @@ fn irq_line(vm: &Vm, gsi: u32) -> Result<EventFdTrigger, DeviceError> {
 
 impl DeviceManager {
     /// Creates the platform devices: COM1, the i8042, the CMOS RTC, the
-    /// ACPI sleep/reset block, pvpanic, and (if asked) the boot timer.
+    /// ACPI sleep/reset block, pvpanic, and (if asked) the boot timer; in
+    /// their power-on state, or in `legacy` (a restore).
     pub fn new(
         vm: &Vm,
         console: Box<dyn Write + Send>,
         boot_timer: bool,
+        legacy: Option<&LegacyState>,
     ) -> Result<Self, DeviceError> {
         let events = GuestEvents::new()?;
         let mut io_bus = Bus::new();
@@ -99,12 +134,13 @@ impl DeviceManager {
 
         let drained = EventFdTrigger::new().map_err(DeviceError::EventFd)?;
         let counters = Arc::new(SerialCounters::default());
-        let serial = Arc::new(Mutex::new(SerialPort::new(
-            irq_line(vm, IRQ_COM1)?,
-            drained.clone(),
-            console,
-            counters.clone(),
-        )));
+        let com1 = irq_line(vm, IRQ_COM1)?;
+        let serial = Arc::new(Mutex::new(match legacy {
+            None => SerialPort::new(com1, drained.clone(), console, counters.clone()),
+            Some(l) => {
+                SerialPort::from_state(com1, drained.clone(), console, counters.clone(), &l.serial)?
+            }
+        }));
         io_bus.insert(serial.clone(), u64::from(PORT_COM1), 8)?;
         acpi_devices.push(AcpiDevice {
             name: "COM1".into(),
@@ -119,10 +155,11 @@ impl DeviceManager {
             ],
         });
 
-        let keyboard = Arc::new(Mutex::new(I8042::new(
-            irq_line(vm, IRQ_I8042)?,
-            events.reset.clone(),
-        )));
+        let kbd_irq = irq_line(vm, IRQ_I8042)?;
+        let keyboard = Arc::new(Mutex::new(match legacy {
+            None => I8042::new(kbd_irq, events.reset.clone()),
+            Some(l) => I8042::from_state(kbd_irq, events.reset.clone(), &l.i8042)?,
+        }));
         io_bus.insert(keyboard.clone(), u64::from(PORT_I8042), i8042::PORT_SPAN)?;
         acpi_devices.push(AcpiDevice {
             name: "PS2K".into(),
@@ -141,8 +178,11 @@ impl DeviceManager {
             ],
         });
 
-        let rtc: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(Cmos::new(SystemClock)));
-        io_bus.insert(rtc, u64::from(PORT_CMOS), cmos::PORT_SPAN)?;
+        let rtc = Arc::new(Mutex::new(match legacy {
+            None => Cmos::new(SystemClock),
+            Some(l) => Cmos::from_state(SystemClock, &l.cmos)?,
+        }));
+        io_bus.insert(rtc.clone(), u64::from(PORT_CMOS), cmos::PORT_SPAN)?;
         acpi_devices.push(AcpiDevice {
             name: "RTC_".into(),
             hid: Hid::Eisa("PNP0B00"),
@@ -159,7 +199,10 @@ impl DeviceManager {
         )));
         io_bus.insert(pm, u64::from(PORT_ACPI_PM), acpi_pm::PORT_SPAN)?;
 
-        let pvpanic = Arc::new(Mutex::new(PvPanic::new(events.panic.clone())));
+        let pvpanic = Arc::new(Mutex::new(match legacy {
+            None => PvPanic::new(events.panic.clone()),
+            Some(l) => PvPanic::from_state(events.panic.clone(), &l.pvpanic)?,
+        }));
         mmio_bus.insert(
             pvpanic.clone(),
             PVPANIC_MMIO_START,
@@ -186,35 +229,70 @@ impl DeviceManager {
             mmio_bus,
             acpi_devices,
             cmdline_extra: Vec::new(),
-            next_irq: IRQ_VIRTIO_FIRST,
-            next_mmio_slot: VIRTIO_MMIO_START,
+            used_irqs: BTreeSet::new(),
+            used_slots: BTreeSet::new(),
             events,
             console: serial,
             console_input_drained: drained,
             console_counters: counters,
             keyboard,
             pvpanic,
+            rtc,
         })
     }
 
-    /// Hands out the next free device interrupt line.
-    pub fn allocate_irq(&mut self) -> Result<u32, DeviceError> {
-        if self.next_irq > IRQ_VIRTIO_LAST {
-            return Err(DeviceError::OutOfIrqs);
+    /// The platform devices' state.
+    pub fn save_legacy(&self) -> LegacyState {
+        fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+            m.lock().unwrap_or_else(|e| e.into_inner())
         }
-        let irq = self.next_irq;
-        self.next_irq += 1;
-        Ok(irq)
+        LegacyState {
+            serial: lock(&self.console).state(),
+            i8042: lock(&self.keyboard).state(),
+            cmos: lock(&self.rtc).state(),
+            pvpanic: lock(&self.pvpanic).state(),
+        }
     }
 
-    /// Hands out the next virtio-mmio slot.
-    pub fn allocate_mmio_slot(&mut self) -> Result<u64, DeviceError> {
-        if self.next_mmio_slot + VIRTIO_MMIO_SLOT_SIZE > VIRTIO_MMIO_END {
-            return Err(DeviceError::OutOfMmio);
+    /// Hands out the lowest free MMIO slot and device interrupt line.
+    pub fn allocate(&mut self) -> Result<Placement, DeviceError> {
+        let irq = (IRQ_VIRTIO_FIRST..=IRQ_VIRTIO_LAST)
+            .find(|i| !self.used_irqs.contains(i))
+            .ok_or(DeviceError::OutOfIrqs)?;
+        let mmio_base = (VIRTIO_MMIO_START..VIRTIO_MMIO_END)
+            .step_by(VIRTIO_MMIO_SLOT_SIZE as usize)
+            .find(|b| b + VIRTIO_MMIO_SLOT_SIZE <= VIRTIO_MMIO_END && !self.used_slots.contains(b))
+            .ok_or(DeviceError::OutOfMmio)?;
+        self.claim(Placement { mmio_base, irq })
+    }
+
+    /// Takes a recorded placement (from a snapshot, say), after checking it
+    /// is a real slot and IRQ and that no other device has them.
+    pub fn claim(&mut self, p: Placement) -> Result<Placement, DeviceError> {
+        let bad = |why| DeviceError::BadPlacement {
+            base: p.mmio_base,
+            irq: p.irq,
+            why,
+        };
+        if !(IRQ_VIRTIO_FIRST..=IRQ_VIRTIO_LAST).contains(&p.irq) {
+            return Err(bad("the IRQ is outside the virtio range"));
         }
-        let base = self.next_mmio_slot;
-        self.next_mmio_slot += VIRTIO_MMIO_SLOT_SIZE;
-        Ok(base)
+        let in_range = p.mmio_base >= VIRTIO_MMIO_START
+            && p.mmio_base
+                .checked_add(VIRTIO_MMIO_SLOT_SIZE)
+                .is_some_and(|end| end <= VIRTIO_MMIO_END);
+        if !in_range || (p.mmio_base - VIRTIO_MMIO_START) % VIRTIO_MMIO_SLOT_SIZE != 0 {
+            return Err(bad("the address is not a virtio-mmio slot"));
+        }
+        if self.used_irqs.contains(&p.irq) {
+            return Err(bad("another device has the IRQ"));
+        }
+        if self.used_slots.contains(&p.mmio_base) {
+            return Err(bad("another device has the slot"));
+        }
+        self.used_irqs.insert(p.irq);
+        self.used_slots.insert(p.mmio_base);
+        Ok(p)
     }
 
     /// Places a virtio-mmio transport and announces it to the guest twice:
@@ -223,9 +301,9 @@ impl DeviceManager {
     pub fn add_virtio_mmio(
         &mut self,
         device: Arc<Mutex<dyn BusDevice>>,
-        base: u64,
-        irq: u32,
+        at: Placement,
     ) -> Result<(), DeviceError> {
+        let (base, irq) = (at.mmio_base, at.irq);
         self.mmio_bus.insert(device, base, VIRTIO_MMIO_SLOT_SIZE)?;
         let index = (base - VIRTIO_MMIO_START) / VIRTIO_MMIO_SLOT_SIZE;
         self.acpi_devices.push(AcpiDevice {

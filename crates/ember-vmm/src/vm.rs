@@ -1,7 +1,13 @@
 //! The KVM virtual machine: its fd, guest memory slots, the in-kernel
-//! irqchip and PIT, and the irqfd/ioeventfd plumbing devices use.
+//! irqchip and PIT, the irqfd/ioeventfd plumbing devices use, and the
+//! VM-wide state a snapshot saves (PICs, IOAPIC, PIT, kvmclock).
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
+    KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_PIT_SPEAKER_DUMMY,
+};
+use serde::{Deserialize, Serialize};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -19,11 +25,33 @@ pub enum VmError {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
+    #[error("clock_realtime was asked, but the snapshot's kvmclock carries no host realtime stamp (its host's KVM did not give one)")]
+    NoRealtimeStamp,
     #[error("cannot register guest memory region {slot} with KVM: {source}")]
     MemorySlot {
         slot: u32,
         source: kvm_ioctls::Error,
     },
+}
+
+/// The VM-wide state KVM keeps in the kernel.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct KvmVmState {
+    pub pic_master: kvm_irqchip,
+    pub pic_slave: kvm_irqchip,
+    pub ioapic: kvm_irqchip,
+    pub pit: kvm_pit_state2,
+    /// kvmclock, with the host's realtime stamp when KVM gives one.
+    pub clock: kvm_clock_data,
+}
+
+impl std::fmt::Debug for KvmVmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvmVmState")
+            .field("clock", &self.clock.clock)
+            .field("clock_flags", &self.clock.flags)
+            .finish()
+    }
 }
 
 /// A KVM VM with its guest memory registered.
@@ -65,6 +93,64 @@ impl Vm {
             })?;
         }
         Ok(Self { fd, memory })
+    }
+
+    /// Reads the irqchip, PIT and clock. The vCPUs must be paused.
+    pub fn save_state(&self) -> Result<KvmVmState, VmError> {
+        let get = |what| move |source| VmError::Setup { what, source };
+        let chip = |id| -> Result<kvm_irqchip, VmError> {
+            let mut c = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut c)
+                .map_err(get("read the irqchip"))?;
+            Ok(c)
+        };
+        Ok(KvmVmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: self.fd.get_pit2().map_err(get("read the PIT"))?,
+            clock: self.fd.get_clock().map_err(get("read kvmclock"))?,
+        })
+    }
+
+    /// Writes a saved irqchip, PIT and clock into this (new) VM. With
+    /// `clock_realtime`, kvmclock is advanced by the host's wall-clock time
+    /// since the snapshot (KVM_CLOCK_REALTIME); otherwise it resumes where
+    /// it stopped.
+    pub fn restore_state(&self, s: &KvmVmState, clock_realtime: bool) -> Result<(), VmError> {
+        let set = |what| move |source| VmError::Setup { what, source };
+        // The chip ids come from this code, not from the file.
+        for (id, chip) in [
+            (KVM_IRQCHIP_PIC_MASTER, &s.pic_master),
+            (KVM_IRQCHIP_PIC_SLAVE, &s.pic_slave),
+            (KVM_IRQCHIP_IOAPIC, &s.ioapic),
+        ] {
+            let mut c = *chip;
+            c.chip_id = id;
+            self.fd
+                .set_irqchip(&c)
+                .map_err(set("restore the irqchip"))?;
+        }
+        let mut pit = s.pit;
+        pit.flags &= kvm_bindings::KVM_PIT_FLAGS_HPET_LEGACY | kvm_bindings::KVM_PIT_FLAGS_SPEAKER_DATA_ON;
+        self.fd.set_pit2(&pit).map_err(set("restore the PIT"))?;
+        let mut clock = kvm_clock_data {
+            clock: s.clock.clock,
+            ..Default::default()
+        };
+        if clock_realtime {
+            if s.clock.flags & KVM_CLOCK_REALTIME == 0 {
+                return Err(VmError::NoRealtimeStamp);
+            }
+            clock.flags = KVM_CLOCK_REALTIME;
+            clock.realtime = s.clock.realtime;
+        }
+        self.fd.set_clock(&clock).map_err(set("restore kvmclock"))?;
+        Ok(())
     }
 
     /// The VM fd.

@@ -12,10 +12,11 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::RateLimiterConfig;
+use crate::builder::machine::Machine;
+use crate::config::{MachineInfo, RateLimiterConfig};
 use crate::device_manager::DeviceManager;
 use crate::vcpu::{VcpuControlError, VcpuFault, VcpuReport, VcpuStop, Vcpus};
-use crate::virtio_devices::VirtioDevices;
+use crate::virtio_devices::DeviceRegistry;
 use crate::vm::Vm;
 
 /// Why the VM ended.
@@ -68,45 +69,55 @@ pub enum VmmError {
     Keyboard(#[from] ember_devices::legacy::i8042::InjectError),
     #[error("no such device: {0}")]
     NoSuchDevice(String),
-    #[error("{0}")]
-    Device(String),
+    #[error("drive '{id}': {source}")]
+    Drive {
+        id: String,
+        source: ember_devices::virtio::block::BlockError,
+    },
 }
 
 /// A running microVM.
 pub struct Vmm {
     // Field order is drop order: stop the vCPUs before the VM goes away.
-    vcpus: Vcpus,
-    virtio: VirtioDevices,
-    devices: DeviceManager,
-    vm: Vm,
+    pub(crate) vcpus: Vcpus,
+    pub(crate) virtio: DeviceRegistry,
+    pub(crate) devices: DeviceManager,
+    pub(crate) vm: Vm,
     vcpu_reports: Receiver<VcpuReport>,
     vcpu_evt: Arc<EventFd>,
-    state: RunState,
-    exit: Option<VmExit>,
+    pub(crate) state: RunState,
+    pub(crate) exit: Option<VmExit>,
     console_input: bool,
+    pub(crate) info: MachineInfo,
 }
 
 impl Vmm {
     pub(crate) fn new(
-        vm: Vm,
-        devices: DeviceManager,
-        virtio: VirtioDevices,
+        m: Machine,
         vcpus: Vcpus,
         vcpu_reports: Receiver<VcpuReport>,
         vcpu_evt: Arc<EventFd>,
+        info: MachineInfo,
+        state: RunState,
         console_input: bool,
     ) -> Self {
         Self {
             vcpus,
-            virtio,
-            devices,
-            vm,
+            virtio: m.virtio,
+            devices: m.devices,
+            vm: m.vm,
             vcpu_reports,
             vcpu_evt,
-            state: RunState::Running,
+            state,
             exit: None,
             console_input,
+            info,
         }
+    }
+
+    /// The machine's shape.
+    pub fn info(&self) -> MachineInfo {
+        self.info
     }
 
     /// Whether the configuration asked for host input on the console.
@@ -135,7 +146,7 @@ impl Vmm {
     }
 
     /// The virtio devices and their runtime handles.
-    pub fn virtio(&self) -> &VirtioDevices {
+    pub fn virtio(&self) -> &DeviceRegistry {
         &self.virtio
     }
 
@@ -151,13 +162,13 @@ impl Vmm {
         }
         let handle = self
             .virtio
-            .blocks
-            .get(id)
+            .block(id)
             .ok_or_else(|| VmmError::NoSuchDevice(format!("drive '{id}'")))?;
         if let Some(p) = path {
-            handle
-                .update_path(p)
-                .map_err(|e| VmmError::Device(format!("drive '{id}': {e}")))?;
+            handle.update_path(p).map_err(|source| VmmError::Drive {
+                id: id.to_string(),
+                source,
+            })?;
         }
         if let Some(l) = limiter {
             handle.update_rate_limiter(l);
@@ -177,8 +188,7 @@ impl Vmm {
         }
         let handle = self
             .virtio
-            .nets
-            .get(id)
+            .net(id)
             .ok_or_else(|| VmmError::NoSuchDevice(format!("network interface '{id}'")))?;
         handle.update_rate_limiters(rx, tx);
         Ok(())

@@ -16,6 +16,8 @@
 //! | `bzhello.bzImage` | a bzImage that prints and reboots |
 //! | `ticker.elf` | prints `tick <n>` every few hundred thousand instructions, forever |
 //! | `kbd.elf` | prints the first eight keyboard bytes it polls from the i8042, reboots |
+//! | `snapcount.elf` | prints a banner once, then counts at 0x12000 and prints `count <hex>` every 16384 |
+//! | `spin_timer.elf` | writes the boot-timer port in a tight loop (first instruction after a restore) |
 //! | `xsave.elf` | runs XSAVE in kernel mode like Linux FPU setup (fails on PVM hosts), reboots |
 
 use std::path::PathBuf;

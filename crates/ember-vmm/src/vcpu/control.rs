@@ -1,4 +1,5 @@
-//! The VMM thread's side of the vCPU threads: start, pause, resume, stop.
+//! The VMM thread's side of the vCPU threads: start, pause, resume, stop,
+//! and save or restore their state (answered by each vCPU's own thread).
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
@@ -6,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::signal::Killable;
 
-use super::{kick, Vcpu, VcpuCommand, VcpuError, VcpuReporter, VcpuResponse};
+use super::{kick, Vcpu, VcpuCommand, VcpuError, VcpuReporter, VcpuResponse, VcpuState};
+use super::state::VcpuStateError;
 
 /// How long a vCPU thread may take to answer a command.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -18,12 +20,16 @@ pub enum VcpuControlError {
     Timeout(u8),
     #[error("vCPU {0}'s thread is gone")]
     Gone(u8),
-    #[error("vCPU {vcpu} answered {got:?}, expected {want:?}")]
+    #[error("vCPU {vcpu} answered {got}, expected {want}")]
     Unexpected {
         vcpu: u8,
-        got: VcpuResponse,
-        want: VcpuResponse,
+        got: &'static str,
+        want: &'static str,
     },
+    #[error(transparent)]
+    State(#[from] VcpuStateError),
+    #[error("{count} vCPU states were given for {vcpus} vCPUs")]
+    StateCount { count: usize, vcpus: usize },
 }
 
 struct Handle {
@@ -45,17 +51,29 @@ impl Handle {
         Ok(())
     }
 
-    fn expect(&self, want: VcpuResponse, deadline: Instant) -> Result<(), VcpuControlError> {
+    fn receive(&self, deadline: Instant) -> Result<VcpuResponse, VcpuControlError> {
         let left = deadline.saturating_duration_since(Instant::now());
         match self.responses.recv_timeout(left) {
-            Ok(got) if got == want => Ok(()),
-            Ok(got) => Err(VcpuControlError::Unexpected {
-                vcpu: self.id,
-                got,
-                want,
-            }),
+            Ok(got) => Ok(got),
             Err(RecvTimeoutError::Timeout) => Err(VcpuControlError::Timeout(self.id)),
             Err(RecvTimeoutError::Disconnected) => Err(VcpuControlError::Gone(self.id)),
+        }
+    }
+
+    fn unexpected(&self, got: &VcpuResponse, want: &'static str) -> VcpuControlError {
+        VcpuControlError::Unexpected {
+            vcpu: self.id,
+            got: got.name(),
+            want,
+        }
+    }
+
+    fn expect(&self, want: &'static str, deadline: Instant) -> Result<(), VcpuControlError> {
+        let got = self.receive(deadline)?;
+        if got.name() == want {
+            Ok(())
+        } else {
+            Err(self.unexpected(&got, want))
         }
     }
 }
@@ -66,8 +84,13 @@ pub struct Vcpus {
 }
 
 impl Vcpus {
-    /// Starts one thread per vCPU.
-    pub fn start(vcpus: Vec<Vcpu>, reporter: VcpuReporter) -> Result<Self, VcpuError> {
+    /// Starts one thread per vCPU, running the guest, or `parked` until a
+    /// restore and a resume.
+    pub fn start(
+        vcpus: Vec<Vcpu>,
+        reporter: VcpuReporter,
+        parked: bool,
+    ) -> Result<Self, VcpuError> {
         kick::install_handler().map_err(VcpuError::Signal)?;
         let mut handles = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {
@@ -78,7 +101,7 @@ impl Vcpus {
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .stack_size(128 * 1024)
-                .spawn(move || vcpu.run_thread(cmd_rx, resp_tx, reporter))
+                .spawn(move || vcpu.run_thread(cmd_rx, resp_tx, reporter, parked))
                 .map_err(|source| VcpuError::Spawn { id, source })?;
             handles.push(Handle {
                 id,
@@ -100,9 +123,13 @@ impl Vcpus {
         self.handles.is_empty()
     }
 
-    fn broadcast(&self, cmd: VcpuCommand, want: VcpuResponse) -> Result<(), VcpuControlError> {
+    fn broadcast(
+        &self,
+        cmd: fn() -> VcpuCommand,
+        want: &'static str,
+    ) -> Result<(), VcpuControlError> {
         for h in &self.handles {
-            h.send(cmd)?;
+            h.send(cmd())?;
         }
         let deadline = Instant::now() + RESPONSE_TIMEOUT;
         for h in &self.handles {
@@ -113,12 +140,53 @@ impl Vcpus {
 
     /// Pauses every vCPU; returns once all are parked.
     pub fn pause(&self) -> Result<(), VcpuControlError> {
-        self.broadcast(VcpuCommand::Pause, VcpuResponse::Paused)
+        self.broadcast(|| VcpuCommand::Pause, "Paused")
     }
 
     /// Resumes every vCPU.
     pub fn resume(&self) -> Result<(), VcpuControlError> {
-        self.broadcast(VcpuCommand::Resume, VcpuResponse::Resumed)
+        self.broadcast(|| VcpuCommand::Resume, "Resumed")
+    }
+
+    /// Reads every vCPU's state, in vCPU order. The vCPUs must be paused.
+    pub fn save(&self) -> Result<Vec<VcpuState>, VcpuControlError> {
+        for h in &self.handles {
+            h.send(VcpuCommand::Save)?;
+        }
+        let deadline = Instant::now() + RESPONSE_TIMEOUT;
+        let mut states = Vec::with_capacity(self.handles.len());
+        for h in &self.handles {
+            match h.receive(deadline)? {
+                VcpuResponse::Saved(r) => states.push(*r?),
+                other => return Err(h.unexpected(&other, "Saved")),
+            }
+        }
+        Ok(states)
+    }
+
+    /// Writes `states` (one per vCPU, in order) into the paused vCPUs.
+    pub fn restore(&self, states: Vec<VcpuState>) -> Result<(), VcpuControlError> {
+        if states.len() != self.handles.len() {
+            return Err(VcpuControlError::StateCount {
+                count: states.len(),
+                vcpus: self.handles.len(),
+            });
+        }
+        for (h, s) in self.handles.iter().zip(states) {
+            h.send(VcpuCommand::Restore(Box::new(s)))?;
+        }
+        let deadline = Instant::now() + RESPONSE_TIMEOUT;
+        let mut first_error = None;
+        for h in &self.handles {
+            match h.receive(deadline)? {
+                VcpuResponse::Restored(Ok(())) => {}
+                VcpuResponse::Restored(Err(e)) => {
+                    first_error.get_or_insert(VcpuControlError::State(e));
+                }
+                other => return Err(h.unexpected(&other, "Restored")),
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Stops and joins every vCPU thread. Idempotent.

@@ -1,10 +1,13 @@
 //! vCPUs: creation and boot-time setup, the per-thread run loop that
 //! dispatches port-I/O and MMIO exits to the buses, and the control
-//! channel the VMM thread uses to pause, resume and stop each thread.
+//! channel the VMM thread uses to pause, resume, stop, save and restore
+//! each thread. A vCPU's state is read and written only by its own thread,
+//! which owns the `VcpuFd`: the commands carry the state.
 
 mod control;
 pub mod exit;
 mod kick;
+pub mod state;
 
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
@@ -18,24 +21,47 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use control::{VcpuControlError, Vcpus};
 pub use exit::{FaultKind, VcpuFault, VcpuStop};
+pub use state::{VcpuState, VcpuStateError};
 
 use crate::arch::regs::{self, EntryMode, RegsError};
 use crate::host::HostVirt;
 
 /// Commands from the VMM thread to a vCPU thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VcpuCommand {
     Pause,
     Resume,
     Stop,
+    /// Read the vCPU's state (only while paused).
+    Save,
+    /// Write a saved state into the vCPU (only while paused).
+    Restore(Box<VcpuState>),
 }
 
 /// A vCPU thread's answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VcpuResponse {
     Paused,
     Resumed,
     Stopped,
+    Saved(Result<Box<VcpuState>, VcpuStateError>),
+    Restored(Result<(), VcpuStateError>),
+    /// Save or restore was asked of a running vCPU.
+    NotPaused,
+}
+
+impl VcpuResponse {
+    /// The response's name, for error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            VcpuResponse::Paused => "Paused",
+            VcpuResponse::Resumed => "Resumed",
+            VcpuResponse::Stopped => "Stopped",
+            VcpuResponse::Saved(_) => "Saved",
+            VcpuResponse::Restored(_) => "Restored",
+            VcpuResponse::NotPaused => "NotPaused",
+        }
+    }
 }
 
 /// A vCPU that stopped the guest, reported to the VMM thread.
@@ -87,6 +113,8 @@ pub struct Vcpu {
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
     host: HostVirt,
+    /// The MSRs KVM can save (KVM_GET_MSR_INDEX_LIST).
+    msr_indices: Arc<[u32]>,
 }
 
 /// Where a vCPU thread is.
@@ -101,31 +129,40 @@ enum Mode {
 }
 
 impl Vcpu {
-    /// Creates vCPU `id` with its CPUID, MSRs, FPU and LAPIC set up.
-    pub fn new(
+    /// Creates vCPU `id`, with nothing set up yet: see
+    /// [`Vcpu::configure_for_boot`], or restore a saved state.
+    pub fn create(
         vm: &VmFd,
         id: u8,
-        cpuid: &CpuId,
-        supported_msrs: &[u32],
         buses: (Arc<Bus>, Arc<Bus>),
         host: HostVirt,
+        msr_indices: Arc<[u32]>,
     ) -> Result<Self, VcpuError> {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(|source| VcpuError::Create { id, source })?;
-        fd.set_cpuid2(cpuid)
-            .map_err(|source| VcpuError::Cpuid { id, source })?;
-        let wrap = |source| VcpuError::Regs { id, source };
-        regs::setup_msrs(&fd, supported_msrs).map_err(wrap)?;
-        regs::setup_fpu(&fd).map_err(wrap)?;
-        regs::setup_lapic(&fd).map_err(wrap)?;
         Ok(Self {
             id,
             fd,
             io_bus: buses.0,
             mmio_bus: buses.1,
             host,
+            msr_indices,
         })
+    }
+
+    /// Sets up a vCPU for a fresh boot: its CPUID, the boot MSRs, the FPU
+    /// and the LAPIC's local interrupt pins.
+    pub fn configure_for_boot(&self, cpuid: &CpuId) -> Result<(), VcpuError> {
+        let id = self.id;
+        self.fd
+            .set_cpuid2(cpuid)
+            .map_err(|source| VcpuError::Cpuid { id, source })?;
+        let wrap = |source| VcpuError::Regs { id, source };
+        regs::setup_msrs(&self.fd, &self.msr_indices).map_err(wrap)?;
+        regs::setup_fpu(&self.fd).map_err(wrap)?;
+        regs::setup_lapic(&self.fd).map_err(wrap)?;
+        Ok(())
     }
 
     /// Makes this the boot vCPU, entering the guest at `entry`. The others
@@ -135,6 +172,16 @@ impl Vcpu {
             id: self.id,
             source,
         })
+    }
+
+    /// The guest TSC frequency KVM gives this vCPU, if it can tell.
+    pub fn tsc_khz(&self) -> Option<u32> {
+        self.fd.get_tsc_khz().ok()
+    }
+
+    /// Sets the guest TSC frequency (needs KVM_CAP_TSC_CONTROL).
+    pub fn set_tsc_khz(&self, khz: u32) -> Result<(), kvm_ioctls::Error> {
+        self.fd.set_tsc_khz(khz)
     }
 
     /// This vCPU's index.
@@ -225,15 +272,17 @@ impl Vcpu {
     }
 
     /// The thread body: runs the guest until stopped by a command or by
-    /// the guest.
+    /// the guest. A vCPU started `parked` waits for commands (a restore,
+    /// then a resume) before it first runs.
     fn run_thread(
         mut self,
         commands: Receiver<VcpuCommand>,
         responses: Sender<VcpuResponse>,
         reporter: VcpuReporter,
+        parked: bool,
     ) {
         kick::bind(self.fd.get_kvm_run());
-        let mut mode = Mode::Running;
+        let mut mode = if parked { Mode::Parked } else { Mode::Running };
         loop {
             // Commands first: a kick only makes KVM_RUN return. Parked or
             // halted, the thread waits for the next one.
@@ -245,21 +294,28 @@ impl Vcpu {
                 },
                 Mode::Parked | Mode::Halted => Some(commands.recv().unwrap_or(VcpuCommand::Stop)),
             };
-            match command {
+            let response = match command {
                 Some(VcpuCommand::Stop) => break,
                 Some(VcpuCommand::Pause) => {
                     if mode == Mode::Running {
                         self.tell_guest_clock_it_was_paused();
                         mode = Mode::Parked;
                     }
-                    let _ = responses.send(VcpuResponse::Paused);
+                    VcpuResponse::Paused
                 }
                 Some(VcpuCommand::Resume) => {
                     if mode == Mode::Parked {
                         mode = Mode::Running;
                     }
-                    let _ = responses.send(VcpuResponse::Resumed);
+                    VcpuResponse::Resumed
                 }
+                Some(VcpuCommand::Save) if mode != Mode::Running => VcpuResponse::Saved(
+                    state::save(&self.fd, self.id, &self.msr_indices).map(Box::new),
+                ),
+                Some(VcpuCommand::Restore(s)) if mode != Mode::Running => {
+                    VcpuResponse::Restored(state::restore(&self.fd, self.id, &s))
+                }
+                Some(VcpuCommand::Save | VcpuCommand::Restore(_)) => VcpuResponse::NotPaused,
                 None => {
                     if let Some(stop) = self.run_once() {
                         reporter.report(self.id, stop);
@@ -267,8 +323,10 @@ impl Vcpu {
                         // sees a uniform shutdown.
                         mode = Mode::Halted;
                     }
+                    continue;
                 }
-            }
+            };
+            let _ = responses.send(response);
         }
         kick::unbind();
         let _ = responses.send(VcpuResponse::Stopped);
