@@ -7,7 +7,8 @@
 use crate::models::{
     ActionType, BootSource, Drive, EntropyDevice, FullVmConfig, InstanceInfo, LoggerConfig,
     MachineConfig, MachineConfigUpdate, MetricsConfig, NetworkInterface, PartialDrive,
-    PartialNetworkInterface, RequestedVmState, SerialConfig, VersionInfo, Vsock,
+    PartialNetworkInterface, RequestedVmState, SerialConfig, SnapshotCreateParams,
+    SnapshotLoadParams, VersionInfo, Vsock,
 };
 
 /// One API operation with its parsed body.
@@ -49,6 +50,10 @@ pub enum ApiRequest {
     Action(ActionType),
     /// `PATCH /vm`
     SetVmState(RequestedVmState),
+    /// `PUT /snapshot/create`
+    CreateSnapshot(SnapshotCreateParams),
+    /// `PUT /snapshot/load` (a body naming exactly one memory source)
+    LoadSnapshot(SnapshotLoadParams),
 }
 
 /// A successful answer.

@@ -417,18 +417,6 @@ fn missing_features_answer_400_naming_them() {
         ("PATCH", "/balloon/hinting/start", Some("{}"), "balloon"),
         ("GET", "/balloon/hinting/status", None, "balloon"),
         ("PATCH", "/balloon/hinting/stop", None, "balloon"),
-        (
-            "PUT",
-            "/snapshot/create",
-            Some(r#"{"mem_file_path": "/m", "snapshot_path": "/s"}"#),
-            "Snapshots",
-        ),
-        (
-            "PUT",
-            "/snapshot/load",
-            Some(r#"{"snapshot_path": "/s"}"#),
-            "Snapshots",
-        ),
         ("GET", "/mmds", None, "MMDS"),
         ("PUT", "/mmds", Some("{}"), "MMDS"),
         ("PATCH", "/mmds", Some("{}"), "MMDS"),
@@ -469,8 +457,8 @@ fn missing_features_answer_400_naming_them() {
     }
     // Same after boot.
     h.boot();
-    h.call("PUT", "/snapshot/create", Some("{}"))
-        .expect_fault(400, "Snapshots");
+    h.call("PUT", "/mmds/config", Some("{}"))
+        .expect_fault(400, "MMDS");
 }
 
 #[test]

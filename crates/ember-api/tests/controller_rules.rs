@@ -96,7 +96,7 @@ fn config_file_errors_are_api_errors() {
 
 #[test]
 fn in_process_rules() {
-    let (mut c, _, _) = controller();
+    let (mut c, backend, _) = controller();
     let put = |m: MachineConfig| ApiRequest::PutMachineConfig(m);
     c.handle(put(MachineConfig {
         vcpu_count: 4,
@@ -110,7 +110,9 @@ fn in_process_rules() {
         .handle(ApiRequest::Action(ActionType::InstanceStart))
         .unwrap_err();
     assert_eq!(e.message, ember_api::controller::MISSING_KERNEL);
-    c.set_state(VmState::Paused);
+    // The run state is the backend's: a VM it reports as paused is started.
+    backend.force_run_state(VmState::Paused);
+    assert_eq!(c.state(), VmState::Paused);
     let e = c.handle(put(MachineConfig::default())).unwrap_err();
     assert_eq!(e.message, ember_api::controller::NOT_SUPPORTED_POST_BOOT);
     assert_eq!(

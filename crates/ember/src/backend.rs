@@ -2,16 +2,22 @@
 //!
 //! `start` builds the VM and leaves it in a [`VmSlot`]; the event loop in
 //! `run` picks it up and registers it, because a subscriber cannot add
-//! subscribers to the loop that is running it.
+//! subscribers to the loop that is running it. The run state the API
+//! reports is read from the slot: no VM means "Not started".
+//!
+//! Snapshot create and load answer "not supported by Ember yet" until the
+//! VMM side is wired in.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ember_api::controller::{BackendError, PrebootChange, VmmBackend};
-use ember_api::models::{PartialDrive, PartialNetworkInterface};
+use ember_api::models::{
+    PartialDrive, PartialNetworkInterface, SnapshotCreateParams, SnapshotLoadParams, VmState,
+};
 use ember_api::resources::VmResources;
 use ember_vmm::builder;
 use ember_vmm::host::HostVirt;
-use ember_vmm::vmm::SharedVmm;
+use ember_vmm::vmm::{RunState, SharedVmm, VmmError};
 use kvm_ioctls::Kvm;
 
 use crate::resources;
@@ -53,26 +59,36 @@ impl EmberBackend {
 
     fn with_vmm<T>(
         &self,
-        f: impl FnOnce(&mut ember_vmm::vmm::Vmm) -> Result<T, String>,
+        f: impl FnOnce(&mut ember_vmm::vmm::Vmm) -> Result<T, VmmError>,
     ) -> Result<T, BackendError> {
         let vmm = lock(&self.slot)
             .vmm
             .clone()
-            .ok_or_else(|| BackendError::new("the microVM is not running"))?;
+            .ok_or(BackendError::NotRunning)?;
         let mut v = vmm.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut v).map_err(BackendError::new)
+        f(&mut v).map_err(|e| match e {
+            VmmError::NotRunning => BackendError::NotRunning,
+            other => BackendError::failed(other),
+        })
     }
 }
 
-fn not_yet(what: &str) -> BackendError {
-    BackendError::new(format!("{what} are not supported by Ember yet"))
-}
-
 impl VmmBackend for EmberBackend {
+    fn run_state(&self) -> VmState {
+        let Some(vmm) = lock(&self.slot).vmm.clone() else {
+            return VmState::NotStarted;
+        };
+        let state = vmm.lock().unwrap_or_else(|e| e.into_inner()).state();
+        match state {
+            RunState::Running => VmState::Running,
+            RunState::Paused => VmState::Paused,
+        }
+    }
+
     fn start(&mut self, r: &VmResources) -> Result<(), BackendError> {
-        let config = resources::vm_config(r, self.boot_timer).map_err(BackendError::new)?;
-        let vmm = builder::build(&self.kvm, self.host, &config)
-            .map_err(|e| BackendError::new(e.to_string()))?;
+        let config =
+            resources::vm_config(r, self.boot_timer).map_err(BackendError::InvalidConfig)?;
+        let vmm = builder::build(&self.kvm, self.host, &config).map_err(BackendError::failed)?;
         let mut slot = lock(&self.slot);
         slot.vmm = Some(builder::shared(vmm));
         slot.registered = false;
@@ -80,24 +96,33 @@ impl VmmBackend for EmberBackend {
     }
 
     fn pause(&mut self) -> Result<(), BackendError> {
-        self.with_vmm(|v| v.pause().map_err(|e| e.to_string()))
+        self.with_vmm(|v| v.pause())
     }
 
     fn resume(&mut self) -> Result<(), BackendError> {
-        self.with_vmm(|v| v.resume().map_err(|e| e.to_string()))
+        self.with_vmm(|v| v.resume())
     }
 
     fn send_ctrl_alt_del(&mut self) -> Result<(), BackendError> {
-        self.with_vmm(|v| v.send_ctrl_alt_del().map_err(|e| e.to_string()))
+        self.with_vmm(|v| v.send_ctrl_alt_del())
+    }
+
+    fn create_snapshot(&mut self, _params: &SnapshotCreateParams) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported(
+            "snapshot creation (being wired into the VMM)",
+        ))
+    }
+
+    fn load_snapshot(&mut self, _params: &SnapshotLoadParams) -> Result<VmResources, BackendError> {
+        Err(BackendError::Unsupported(
+            "snapshot loading (being wired into the VMM)",
+        ))
     }
 
     fn update_drive(&mut self, update: &PartialDrive) -> Result<(), BackendError> {
         let path = update.path_on_host.as_ref().map(std::path::PathBuf::from);
         let limiter = update.rate_limiter.as_ref().map(resources::limiter);
-        self.with_vmm(|v| {
-            v.update_drive(&update.drive_id, path.as_deref(), limiter.as_ref())
-                .map_err(|e| e.to_string())
-        })
+        self.with_vmm(|v| v.update_drive(&update.drive_id, path.as_deref(), limiter.as_ref()))
     }
 
     fn update_network_interface(
@@ -106,22 +131,19 @@ impl VmmBackend for EmberBackend {
     ) -> Result<(), BackendError> {
         let rx = update.rx_rate_limiter.as_ref().map(resources::limiter);
         let tx = update.tx_rate_limiter.as_ref().map(resources::limiter);
-        self.with_vmm(|v| {
-            v.update_net(&update.iface_id, rx.as_ref(), tx.as_ref())
-                .map_err(|e| e.to_string())
-        })
+        self.with_vmm(|v| v.update_net(&update.iface_id, rx.as_ref(), tx.as_ref()))
     }
 
     fn check_preboot(&mut self, change: PrebootChange<'_>) -> Result<(), BackendError> {
         match change {
-            PrebootChange::Drive(d) if d.socket.is_some() => {
-                Err(not_yet("vhost-user drives (socket)"))
-            }
-            PrebootChange::NetworkInterface(n) if n.mtu.is_some() => {
-                Err(not_yet("network interface MTUs"))
-            }
+            PrebootChange::Drive(d) if d.socket.is_some() => Err(BackendError::Unsupported(
+                "a vhost-user drive (the socket field)",
+            )),
+            PrebootChange::NetworkInterface(n) if n.mtu.is_some() => Err(
+                BackendError::Unsupported("a network interface MTU (the mtu field)"),
+            ),
             PrebootChange::Serial(s) if s.rate_limiter.is_some() => {
-                Err(not_yet("serial rate limiters"))
+                Err(BackendError::Unsupported("a serial console rate limiter"))
             }
             _ => Ok(()),
         }

@@ -302,3 +302,76 @@ fn drives_are_patched_after_boot() {
     );
     assert_eq!(code, 400, "a missing file is refused: {body}");
 }
+
+#[test]
+fn snapshot_endpoints_follow_firecracker_rules() {
+    if !have_kvm() {
+        return;
+    }
+    let vm = ApiVm::spawn("snap", &[]);
+    // A load that cannot succeed (no such files) answers 400 with
+    // Firecracker's prefix and leaves the process fresh.
+    let (code, body) = vm.put(
+        "/snapshot/load",
+        r#"{"snapshot_path": "/nonexistent/vm.snap", "mem_file_path": "/nonexistent/vm.mem"}"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("Load snapshot error: "), "{body}");
+    assert!(vm
+        .request("GET", "/", None)
+        .1
+        .contains(r#""state":"Not started""#));
+    let (code, body) = vm.put(
+        "/snapshot/create",
+        r#"{"snapshot_path": "/tmp/x.snap", "mem_file_path": "/tmp/x.mem"}"#,
+    );
+    assert_eq!(code, 400);
+    assert!(
+        body.contains("not supported before starting the microVM"),
+        "{body}"
+    );
+    // Once configured and booted: no load, and no snapshot while running.
+    assert_eq!(
+        vm.put("/boot-source", &boot_source(&image("ticker.elf"))).0,
+        204
+    );
+    let (code, body) = vm.put(
+        "/snapshot/load",
+        r#"{"snapshot_path": "/tmp/x.snap", "mem_file_path": "/tmp/x.mem"}"#,
+    );
+    assert_eq!(code, 400);
+    assert!(
+        body.contains(
+            "Loading a microVM snapshot not allowed after configuring boot-specific resources."
+        ),
+        "{body}"
+    );
+    assert_eq!(
+        vm.put("/actions", r#"{"action_type": "InstanceStart"}"#).0,
+        204
+    );
+    let (code, body) = vm.put(
+        "/snapshot/create",
+        r#"{"snapshot_path": "/tmp/x.snap", "mem_file_path": "/tmp/x.mem"}"#,
+    );
+    assert_eq!(code, 400);
+    assert!(
+        body.contains("Create snapshot error: Cannot save the microVM state: Operation not allowed: save/restore unavailable while running"),
+        "{body}"
+    );
+    assert_eq!(
+        vm.request("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
+        204
+    );
+    let (code, body) = vm.put(
+        "/snapshot/create",
+        r#"{"snapshot_path": "/tmp/x.snap", "mem_file_path": "/tmp/x.mem", "snapshot_type": "Diff"}"#,
+    );
+    assert_eq!(code, 400);
+    assert!(
+        body.contains(
+            "Create snapshot error: snapshot_type Diff (diff snapshots) is not supported by Ember yet"
+        ),
+        "{body}"
+    );
+}

@@ -8,13 +8,17 @@
 //! path id that differs from the body id all get a 400 with a
 //! `fault_message`. Features Ember does not have answer 400 naming the
 //! feature, whatever the body.
+//!
+//! Bodies are JSON objects without arrays, except where the schema has an
+//! array (`network_overrides` of `/snapshot/load`).
 
 use serde::de::DeserializeOwned;
 
 use crate::models::{
-    find_array, validate_id, Drive, EntropyDevice, InstanceActionInfo, LoggerConfig, MachineConfig,
-    MachineConfigUpdate, MetricsConfig, NetworkInterface, PartialDrive, PartialNetworkInterface,
-    SerialConfig, VmStateUpdate, Vsock, EMPTY_ID_MESSAGE,
+    find_array_outside, validate_id, Drive, EntropyDevice, InstanceActionInfo, LoggerConfig,
+    MachineConfig, MachineConfigUpdate, MetricsConfig, NetworkInterface, PartialDrive,
+    PartialNetworkInterface, SerialConfig, SnapshotCreateParams, SnapshotLoadParams, VmStateUpdate,
+    Vsock, EMPTY_ID_MESSAGE,
 };
 use crate::request::{ApiError, ApiRequest};
 
@@ -55,8 +59,6 @@ impl Method {
 pub enum Missing {
     /// `/balloon*`
     Balloon,
-    /// `/snapshot/*`
-    Snapshots,
     /// `/mmds*`
     Mmds,
     /// `/cpu-config`
@@ -74,10 +76,6 @@ impl Missing {
             Self::Balloon => {
                 "The balloon device is not supported by Ember yet: no balloon device can be \
                  configured, queried or updated."
-            }
-            Self::Snapshots => {
-                "Snapshots are not supported by Ember yet: microVMs cannot be snapshotted or \
-                 restored."
             }
             Self::Mmds => "The MMDS (microVM metadata service) is not supported by Ember yet.",
             Self::CpuConfig => "Custom CPU templates (/cpu-config) are not supported by Ember yet.",
@@ -108,6 +106,8 @@ enum Handler {
     PutMetrics,
     PutActions,
     PatchVm,
+    PutSnapshotCreate,
+    PutSnapshotLoad,
     Unsupported(Missing),
 }
 
@@ -204,18 +204,8 @@ pub const ROUTES: &[Route] = &[
         "balloon",
         H::Unsupported(M::Balloon),
     ),
-    route(
-        Put,
-        "/snapshot/create",
-        "snapshot",
-        H::Unsupported(M::Snapshots),
-    ),
-    route(
-        Put,
-        "/snapshot/load",
-        "snapshot",
-        H::Unsupported(M::Snapshots),
-    ),
+    route(Put, "/snapshot/create", "snapshot", H::PutSnapshotCreate),
+    route(Put, "/snapshot/load", "snapshot", H::PutSnapshotLoad),
     route(Get, "/mmds", "mmds", H::Unsupported(M::Mmds)),
     route(Put, "/mmds", "mmds", H::Unsupported(M::Mmds)),
     route(Patch, "/mmds", "mmds", H::Unsupported(M::Mmds)),
@@ -313,23 +303,35 @@ fn invalid_path(method: &str, path: &str) -> ApiError {
     ))
 }
 
+/// Firecracker's 400 for a body that does not fit its model.
+fn deserialize_error(why: &dyn std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!(
+        "An error occurred when deserializing the json body of a request: {why}."
+    ))
+}
+
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let fail = |why: &dyn std::fmt::Display| {
-        ApiError::bad_request(format!(
-            "An error occurred when deserializing the json body of a request: {why}."
-        ))
-    };
-    // Every API body is a JSON object without arrays. (serde would also fill
-    // a struct from an array of its fields in order, which no client means.)
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| fail(&e))?;
+    body_with_arrays(bytes, &[])
+}
+
+/// Parses a body that may hold arrays only at the paths in `arrays` (see
+/// [`find_array_outside`]).
+fn body_with_arrays<T: DeserializeOwned>(bytes: &[u8], arrays: &[&str]) -> Result<T, ApiError> {
+    // Every API body is a JSON object with arrays only where its schema has
+    // them. (serde would also fill a struct from an array of its fields in
+    // order, which no client means.)
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| deserialize_error(&e))?;
     if !value.is_object() {
-        return Err(fail(&"the body must be a JSON object"));
+        return Err(deserialize_error(&"the body must be a JSON object"));
     }
-    if let Some(at) = find_array(&value) {
-        return Err(fail(&format!("unexpected JSON array at `{at}`")));
+    if let Some(at) = find_array_outside(&value, arrays) {
+        return Err(deserialize_error(&format!(
+            "unexpected JSON array at `{at}`"
+        )));
     }
     // Parse the bytes again (not the value) so duplicate fields are caught.
-    serde_json::from_slice(bytes).map_err(|e| fail(&e))
+    serde_json::from_slice(bytes).map_err(|e| deserialize_error(&e))
 }
 
 const ID_MISMATCH: &str = "The id from the path does not match the id from the body!";
@@ -417,6 +419,14 @@ fn route_inner(method_token: &str, path: &str, payload: &[u8]) -> Result<ApiRequ
         H::PutMetrics => ApiRequest::PutMetrics(body::<MetricsConfig>(payload)?),
         H::PutActions => ApiRequest::Action(body::<InstanceActionInfo>(payload)?.action_type),
         H::PatchVm => ApiRequest::SetVmState(body::<VmStateUpdate>(payload)?.state),
+        H::PutSnapshotCreate => ApiRequest::CreateSnapshot(body::<SnapshotCreateParams>(payload)?),
+        H::PutSnapshotLoad => {
+            let p: SnapshotLoadParams = body_with_arrays(payload, &["network_overrides"])?;
+            // Firecracker reports a missing or doubled memory source as a
+            // deserialization error of the body.
+            p.validate().map_err(|why| deserialize_error(&why))?;
+            ApiRequest::LoadSnapshot(p)
+        }
         H::Unsupported(missing) => return Err(ApiError::bad_request(missing.message())),
     })
 }
@@ -529,11 +539,73 @@ mod tests {
     fn missing_features_are_named() {
         assert!(err("GET", "/balloon", "").contains("balloon"));
         assert!(err("PATCH", "/balloon/hinting/stop", "").contains("balloon"));
-        assert!(err("PUT", "/snapshot/create", "{}").contains("Snapshots"));
         assert!(err("GET", "/mmds", "").contains("MMDS"));
         assert!(err("PUT", "/cpu-config", "{}").contains("CPU templates"));
         assert!(err("PUT", "/pmem/p1", "{}").contains("Pmem"));
         assert!(err("GET", "/hotplug/memory", "").contains("hotplug"));
+    }
+
+    #[test]
+    fn snapshot_bodies() {
+        use crate::models::{SnapshotType, MISSING_MEM_SOURCE, TOO_MANY_MEM_SOURCES};
+        let deser = "An error occurred when deserializing the json body of a request: ";
+        match ok(
+            "PUT",
+            "/snapshot/create",
+            r#"{"mem_file_path": "m", "snapshot_path": "s", "snapshot_type": "Full"}"#,
+        ) {
+            ApiRequest::CreateSnapshot(p) => assert_eq!(p.kind(), SnapshotType::Full),
+            other => panic!("{other:?}"),
+        }
+        match ok(
+            "PUT",
+            "/snapshot/load",
+            r#"{"snapshot_path": "s", "mem_file_path": "m",
+                "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap1"}]}"#,
+        ) {
+            ApiRequest::LoadSnapshot(p) => {
+                assert_eq!((p.mem_path(), p.network_overrides().len()), ("m", 1))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            err(
+                "PUT",
+                "/snapshot/load",
+                r#"{"snapshot_path": "s", "mem_file_path": "m",
+                    "mem_backend": {"backend_type": "File", "backend_path": "b"}}"#
+            ),
+            format!("{deser}{TOO_MANY_MEM_SOURCES}.")
+        );
+        assert_eq!(
+            err("PUT", "/snapshot/load", r#"{"snapshot_path": "s"}"#),
+            format!("{deser}{MISSING_MEM_SOURCE}.")
+        );
+        // Arrays only where the schema has them.
+        assert!(err(
+            "PUT",
+            "/snapshot/load",
+            r#"{"snapshot_path": "s", "mem_file_path": "m", "network_overrides": [["eth0", "tap1"]]}"#
+        )
+        .contains("unexpected JSON array at `network_overrides[0]`"));
+        assert!(err(
+            "PUT",
+            "/snapshot/load",
+            r#"{"snapshot_path": "s", "mem_backend": ["File", "b"]}"#
+        )
+        .contains("unexpected JSON array at `mem_backend`"));
+        assert!(err(
+            "PUT",
+            "/snapshot/create",
+            r#"{"mem_file_path": "m", "snapshot_path": "s", "network_overrides": []}"#
+        )
+        .contains("unexpected JSON array at `network_overrides`"));
+        assert!(err(
+            "PUT",
+            "/snapshot/create",
+            r#"{"mem_file_path": "m", "snapshot_path": "s", "x": 1}"#
+        )
+        .contains("unknown field `x`"));
     }
 
     #[test]
