@@ -5,9 +5,10 @@
 //! subscribers to the loop that is running it. The run state the API
 //! reports is read from the slot: no VM means "Not started".
 //!
-//! Snapshot create and load answer "not supported by Ember yet" until the
-//! VMM side is wired in.
+//! A snapshot load restores the VM paused (the controller resumes it when
+//! asked) and answers with the restored VM's resources.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ember_api::controller::{BackendError, PrebootChange, VmmBackend};
@@ -16,7 +17,9 @@ use ember_api::models::{
 };
 use ember_api::resources::VmResources;
 use ember_vmm::builder;
+use ember_vmm::config::ConsoleOutput;
 use ember_vmm::host::HostVirt;
+use ember_vmm::snapshot::{self, RestoreOptions, SnapshotError};
 use ember_vmm::vmm::{RunState, SharedVmm, VmmError};
 use kvm_ioctls::Kvm;
 
@@ -45,15 +48,25 @@ pub struct EmberBackend {
     host: HostVirt,
     boot_timer: bool,
     slot: SharedSlot,
+    /// Where a restored guest's console goes (`--console-out`), stdout
+    /// by default.
+    restore_console: Option<PathBuf>,
 }
 
 impl EmberBackend {
-    pub fn new(kvm: Kvm, host: HostVirt, boot_timer: bool, slot: SharedSlot) -> Self {
+    pub fn new(
+        kvm: Kvm,
+        host: HostVirt,
+        boot_timer: bool,
+        slot: SharedSlot,
+        restore_console: Option<PathBuf>,
+    ) -> Self {
         Self {
             kvm,
             host,
             boot_timer,
             slot,
+            restore_console,
         }
     }
 
@@ -107,16 +120,51 @@ impl VmmBackend for EmberBackend {
         self.with_vmm(|v| v.send_ctrl_alt_del())
     }
 
-    fn create_snapshot(&mut self, _params: &SnapshotCreateParams) -> Result<(), BackendError> {
-        Err(BackendError::Unsupported(
-            "snapshot creation (being wired into the VMM)",
-        ))
+    fn create_snapshot(&mut self, params: &SnapshotCreateParams) -> Result<(), BackendError> {
+        let vmm = lock(&self.slot)
+            .vmm
+            .clone()
+            .ok_or(BackendError::NotRunning)?;
+        let mut v = vmm.lock().unwrap_or_else(|e| e.into_inner());
+        v.snapshot(
+            std::path::Path::new(&params.snapshot_path),
+            std::path::Path::new(&params.mem_file_path),
+        )
+        .map(|_| ())
+        .map_err(|e| match e {
+            SnapshotError::NotRunning => BackendError::NotRunning,
+            other => BackendError::failed(other),
+        })
     }
 
-    fn load_snapshot(&mut self, _params: &SnapshotLoadParams) -> Result<VmResources, BackendError> {
-        Err(BackendError::Unsupported(
-            "snapshot loading (being wired into the VMM)",
-        ))
+    fn load_snapshot(&mut self, params: &SnapshotLoadParams) -> Result<VmResources, BackendError> {
+        let console = match &self.restore_console {
+            Some(p) => ConsoleOutput::File(p.clone()),
+            None => ConsoleOutput::Stdout,
+        };
+        let opts = RestoreOptions {
+            resume: false,
+            clock_realtime: params.clock_realtime.unwrap_or(false),
+            net_overrides: params
+                .network_overrides()
+                .iter()
+                .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
+                .collect(),
+            vsock_override: params
+                .vsock_override
+                .as_ref()
+                .map(|v| PathBuf::from(&v.uds_path)),
+            console_input: console == ConsoleOutput::Stdout,
+            console,
+            boot_timer: self.boot_timer,
+            ..RestoreOptions::new(&params.snapshot_path, params.mem_path())
+        };
+        let vmm = snapshot::restore(&self.kvm, self.host, &opts).map_err(BackendError::failed)?;
+        let restored = resources::restored(&vmm);
+        let mut slot = lock(&self.slot);
+        slot.vmm = Some(builder::shared(vmm));
+        slot.registered = false;
+        Ok(restored)
     }
 
     fn update_drive(&mut self, update: &PartialDrive) -> Result<(), BackendError> {

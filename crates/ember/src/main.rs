@@ -112,7 +112,8 @@ fn main() {
     }
 
     let slot = Arc::new(Mutex::new(backend::VmSlot::default()));
-    let backend = backend::EmberBackend::new(kvm, host, cli.boot_timer, slot.clone());
+    let backend =
+        backend::EmberBackend::new(kvm, host, cli.boot_timer, slot.clone(), cli.console_out.clone());
     let telemetry = Telemetry {
         logger: Some(logger),
         metrics: metrics.clone(),

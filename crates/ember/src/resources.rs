@@ -1,4 +1,5 @@
-//! Translates the API's pre-boot resources into the VMM's `VmConfig`, and
+//! Translates the API's pre-boot resources into the VMM's `VmConfig`, a
+//! restored VM back into the API's resources (for `GET /vm/config`), and
 //! the quick command-line flags into a configuration file.
 
 use std::path::PathBuf;
@@ -10,6 +11,8 @@ use ember_vmm::config::{
     BlockConfig, CacheType, ConsoleOutput, DriveConfig, IoEngine, MacAddr, NetConfig,
     RateLimiterConfig, RngConfig, TokenBucketConfig, VmConfig, VsockConfig,
 };
+use ember_vmm::virtio_devices::VirtioConfig;
+use ember_vmm::vmm::Vmm;
 
 use crate::cli::Cli;
 
@@ -50,6 +53,80 @@ pub fn vm_config(r: &VmResources, boot_timer: bool) -> Result<VmConfig, String> 
             rate_limiter: e.rate_limiter.as_ref().map(limiter),
         }),
     })
+}
+
+/// The API's view of a restored VM: its machine shape and its devices.
+/// As with Firecracker, the boot source is empty after a restore.
+pub fn restored(vmm: &Vmm) -> VmResources {
+    let info = vmm.info();
+    let mut r = VmResources {
+        machine_config: MachineConfig {
+            vcpu_count: info.vcpu_count,
+            mem_size_mib: info.mem_size_mib,
+            huge_pages: if info.huge_pages {
+                HugePages::Hugetlbfs2M
+            } else {
+                HugePages::None
+            },
+            ..MachineConfig::default()
+        },
+        ..VmResources::default()
+    };
+    for e in vmm.virtio().entries() {
+        match &e.config {
+            VirtioConfig::Block(d) => r.drives.push(api::Drive {
+                drive_id: d.block.drive_id.clone(),
+                partuuid: d.partuuid.clone(),
+                is_root_device: d.is_root_device,
+                cache_type: match d.block.cache_type {
+                    CacheType::Unsafe => api::CacheType::Unsafe,
+                    CacheType::Writeback => api::CacheType::Writeback,
+                },
+                is_read_only: Some(d.block.is_read_only),
+                path_on_host: Some(d.block.path_on_host.display().to_string()),
+                rate_limiter: d.block.rate_limiter.as_ref().map(api_limiter),
+                io_engine: Some(match d.block.io_engine {
+                    IoEngine::Sync => api::IoEngine::Sync,
+                    IoEngine::Async => api::IoEngine::Async,
+                }),
+                socket: None,
+            }),
+            VirtioConfig::Net(n) => r.network_interfaces.push(api::NetworkInterface {
+                iface_id: n.iface_id.clone(),
+                host_dev_name: n.host_dev_name.clone(),
+                guest_mac: n.guest_mac.map(|m| m.to_string()),
+                mtu: None,
+                rx_rate_limiter: n.rx_rate_limiter.as_ref().map(api_limiter),
+                tx_rate_limiter: n.tx_rate_limiter.as_ref().map(api_limiter),
+            }),
+            VirtioConfig::Vsock(v) => {
+                r.vsock = Some(api::Vsock {
+                    vsock_id: None,
+                    guest_cid: v.guest_cid,
+                    uds_path: v.uds_path.display().to_string(),
+                })
+            }
+            VirtioConfig::Rng(g) => {
+                r.entropy = Some(api::EntropyDevice {
+                    rate_limiter: g.rate_limiter.as_ref().map(api_limiter),
+                })
+            }
+        }
+    }
+    r
+}
+
+/// A device rate limiter as the API shows it.
+fn api_limiter(l: &RateLimiterConfig) -> api::RateLimiter {
+    let bucket = |b: &TokenBucketConfig| api::TokenBucket {
+        size: b.size,
+        one_time_burst: (b.one_time_burst != 0).then_some(b.one_time_burst),
+        refill_time: b.refill_time,
+    };
+    api::RateLimiter {
+        bandwidth: l.bandwidth.as_ref().map(bucket),
+        ops: l.ops.as_ref().map(bucket),
+    }
 }
 
 /// A Firecracker rate limiter as the devices take it.

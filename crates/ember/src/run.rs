@@ -35,7 +35,7 @@ fn register(
     metrics.register(crate::metrics::uart_source(
         devices.console_counters.clone(),
     ));
-    for source in crate::metrics::device_sources(&v.virtio().metrics) {
+    for source in crate::metrics::device_sources(&v.virtio().metrics()) {
         metrics.register(source);
     }
     if v.console_input() && stdin_is_interactive_or_stream() {
