@@ -77,8 +77,7 @@ pub fn seal_version<T: Serialize>(version: u32, value: &T) -> Result<Vec<u8>, St
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&0u64.to_le_bytes());
-    let mut out =
-        postcard::to_extend(value, out).map_err(|e| StateError::Encode(e.to_string()))?;
+    let mut out = postcard::to_extend(value, out).map_err(|e| StateError::Encode(e.to_string()))?;
     let len = (out.len() - HEADER_LEN) as u64;
     out[16..24].copy_from_slice(&len.to_le_bytes());
     let sum = xxh3_64(&out);
@@ -116,7 +115,9 @@ pub fn open(bytes: &[u8]) -> Result<Envelope<'_>, StateError> {
     }
     let version = u32_at(bytes, 8);
     if version == 0 {
-        return Err(StateError::BadHeader("format version 0 does not exist".into()));
+        return Err(StateError::BadHeader(
+            "format version 0 does not exist".into(),
+        ));
     }
     if version > FORMAT_VERSION {
         return Err(StateError::NewerVersion {
