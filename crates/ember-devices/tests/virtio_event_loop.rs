@@ -327,3 +327,92 @@ fn vsock_guest_connect_through_the_event_loop() {
     assert_eq!(&b, b"pong");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn restored_block_device_is_started_by_the_event_loop() {
+    let file = TempFile::new("e2e-blk-snap", 1 << 20).unwrap();
+    let cfg = BlockConfig {
+        drive_id: "data".into(),
+        path_on_host: file.path().to_owned(),
+        is_read_only: false,
+        cache_type: CacheType::Writeback,
+        io_engine: IoEngine::Sync,
+        rate_limiter: None,
+    };
+    let mem: GuestMemoryMmap = guest_memory(8 << 20);
+    let irq = EventFdTrigger::new().unwrap();
+    let w = wire(
+        VirtioMmioDevice::new(Block::shared(&cfg).unwrap(), mem.clone(), irq.clone()).unwrap(),
+        irq,
+    );
+    let el = EventLoop::start(vec![w.dev.subscriber()]);
+    let mut q = TestQueue::new(&mem, GuestAddress(0x1000), 256);
+    w.driver.bring_up(FEATURES, &[&q]);
+    let mut alloc = GuestAlloc::new(0x10_0000, 8 << 20);
+    // One write per call: header, data, status.
+    let mut write = |q: &mut TestQueue, sector: u64, fill: u8| {
+        let h = alloc.alloc(16, 16);
+        let mut hdr = [0u8; 16];
+        hdr[0] = 1;
+        hdr[8..].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&hdr, GuestAddress(h)).unwrap();
+        let d = alloc.alloc(512, 512);
+        mem.write_slice(&[fill; 512], GuestAddress(d)).unwrap();
+        let s = alloc.alloc(1, 1);
+        q.add_chain(&[
+            Desc::readable(h, 16),
+            Desc::readable(d, 512),
+            Desc::writable(s, 1),
+        ])
+    };
+    write(&mut q, 0, 1);
+    w.kick(0);
+    wait_irq(w.irq.eventfd());
+    assert_eq!(q.take_used(), vec![(0, 1)]);
+    // Published while the vCPUs are being paused: no notification yet.
+    let pending = write(&mut q, 1, 2);
+    let state = w.dev.save();
+    drop(el);
+
+    let irq = EventFdTrigger::new().unwrap();
+    let restored = VirtioMmioDevice::restore(
+        Block::shared(&cfg).unwrap(),
+        mem.clone(),
+        irq.clone(),
+        &state,
+    )
+    .unwrap();
+    let w = wire(restored, irq);
+    // The event loop starts the device when its subscriber joins.
+    let _el = EventLoop::start(vec![w.dev.subscriber()]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut used = Vec::new();
+    while used.is_empty() {
+        assert!(Instant::now() < deadline, "pending request never served");
+        used = q.take_used();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(used, vec![(u32::from(pending), 1)]);
+    // And the guest's next notification goes through the new ioeventfd.
+    let next = write(&mut q, 2, 3);
+    w.kick(0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut used = Vec::new();
+    while used.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "request after restore never served"
+        );
+        used = q.take_used();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(used, vec![(u32::from(next), 1)]);
+    let mut back = vec![0u8; 3 * 512];
+    std::fs::File::open(file.path())
+        .unwrap()
+        .read_exact(&mut back)
+        .unwrap();
+    for (i, chunk) in back.chunks(512).enumerate() {
+        assert!(chunk.iter().all(|&b| b == i as u8 + 1), "sector {i}");
+    }
+}

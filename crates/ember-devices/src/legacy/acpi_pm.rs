@@ -4,6 +4,10 @@
 //! DSDT's `\_S5` package gives the sleep type for soft-off. A guest
 //! `poweroff` writes `SLP_TYP(5) | SLP_EN` to the sleep control register; an
 //! ACPI reboot writes [`RESET_VALUE`] to the reset register.
+//!
+//! Snapshots: the block has no state. Every register reads as zero and a
+//! write only raises the power-off or reset event, so a restored VM gets a
+//! block built with [`AcpiPm::new`].
 
 use vm_superio::Trigger;
 

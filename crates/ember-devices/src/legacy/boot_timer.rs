@@ -3,6 +3,10 @@
 //! writes one line with the time since the VMM process started, the VMM's
 //! CPU time so far and the host's monotonic clock, which benchmarks read to
 //! time a boot from outside the process.
+//!
+//! Snapshots: the device has no guest-visible state (it reads as zero), so
+//! a restored VM gets one built with [`BootTimer::new`]. Its mark counter
+//! only numbers the host-side lines and starts again at 0.
 
 use std::io::Write;
 use std::sync::OnceLock;

@@ -5,9 +5,16 @@
 //! binary and 12- or 24-hour form as status register B asks. The other
 //! bytes are plain NVRAM. Writes to the time registers are accepted and
 //! ignored: the host clock stays the source of truth.
+//!
+//! Its snapshot state is [`CmosState`]: the index register and the NVRAM
+//! bytes. The time is read from the host's clock and is not state: a
+//! restored guest reads the time of the host it runs on.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
+use super::LegacyStateError;
 use crate::bus::BusDevice;
 
 /// Offset of the index port (0x70).
@@ -32,6 +39,42 @@ const REG_CENTURY: u8 = 0x32;
 
 const B_24_HOUR: u8 = 0x02;
 const B_BINARY: u8 = 0x04;
+
+/// Bytes of NVRAM (the index register has 7 bits).
+pub const NVRAM_SIZE: usize = 128;
+const DEVICE: &str = "cmos";
+
+/// The CMOS's guest-visible state.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CmosState {
+    /// The register the next data-port access goes to (0 to 127).
+    pub index: u8,
+    /// The NVRAM, exactly [`NVRAM_SIZE`] bytes (time bytes included, though
+    /// reads of those come from the clock).
+    pub nvram: Vec<u8>,
+}
+
+impl CmosState {
+    /// Refuses an index beyond the NVRAM or an NVRAM of the wrong size.
+    pub fn validate(&self) -> Result<(), LegacyStateError> {
+        if usize::from(self.index) >= NVRAM_SIZE {
+            return Err(LegacyStateError::InvalidValue {
+                device: DEVICE,
+                field: "index",
+                value: u32::from(self.index),
+            });
+        }
+        if self.nvram.len() != NVRAM_SIZE {
+            return Err(LegacyStateError::WrongLength {
+                device: DEVICE,
+                field: "nvram",
+                len: self.nvram.len(),
+                expected: NVRAM_SIZE,
+            });
+        }
+        Ok(())
+    }
+}
 
 /// A source of wall-clock time.
 pub trait Clock: Send {
@@ -102,13 +145,13 @@ fn to_bcd(v: u8) -> u8 {
 pub struct Cmos<C: Clock> {
     clock: C,
     index: u8,
-    nvram: [u8; 128],
+    nvram: [u8; NVRAM_SIZE],
 }
 
 impl<C: Clock> Cmos<C> {
     /// A CMOS reading time from `clock`, in 24-hour BCD mode.
     pub fn new(clock: C) -> Self {
-        let mut nvram = [0u8; 128];
+        let mut nvram = [0u8; NVRAM_SIZE];
         nvram[REG_STATUS_A as usize] = 0x26;
         nvram[REG_STATUS_B as usize] = B_24_HOUR;
         Self {
@@ -116,6 +159,27 @@ impl<C: Clock> Cmos<C> {
             index: 0,
             nvram,
         }
+    }
+
+    /// The guest-visible state.
+    pub fn state(&self) -> CmosState {
+        CmosState {
+            index: self.index,
+            nvram: self.nvram.to_vec(),
+        }
+    }
+
+    /// A CMOS in `state`, reading time from `clock`. The state is validated
+    /// first.
+    pub fn from_state(clock: C, state: &CmosState) -> Result<Self, LegacyStateError> {
+        state.validate()?;
+        let mut nvram = [0u8; NVRAM_SIZE];
+        nvram.copy_from_slice(&state.nvram);
+        Ok(Self {
+            clock,
+            index: state.index,
+            nvram,
+        })
     }
 
     fn encode(&self, v: u8) -> u8 {
@@ -193,6 +257,21 @@ impl<C: Clock> BusDevice for Cmos<C> {
     }
 }
 
+impl<'a, C: Clock> ember_state::Persist<'a> for Cmos<C> {
+    type State = CmosState;
+    /// What [`Cmos::new`] takes: the clock.
+    type ConstructorArgs = C;
+    type Error = LegacyStateError;
+
+    fn save(&self) -> CmosState {
+        self.state()
+    }
+
+    fn restore(clock: C, state: &CmosState) -> Result<Self, LegacyStateError> {
+        Self::from_state(clock, state)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +335,71 @@ mod tests {
         c.write(INDEX_OFFSET, &[REG_STATUS_B]);
         c.write(DATA_OFFSET, &[B_BINARY]);
         assert_eq!(reg(&mut c, REG_HOURS), 0x80 | 12);
+    }
+
+    /// Every register as the guest reads it, then the index it leaves.
+    fn guest_view(c: &mut Cmos<Fixed>) -> Vec<u8> {
+        let mut b = [0u8];
+        c.read(INDEX_OFFSET, &mut b);
+        let mut out = vec![b[0]];
+        c.read(DATA_OFFSET, &mut b);
+        out.push(b[0]);
+        out.extend((0..NVRAM_SIZE as u8).map(|r| reg(c, r)));
+        out
+    }
+
+    #[test]
+    fn restored_cmos_answers_the_guest_as_the_original() {
+        let mut a = Cmos::new(Fixed(951_827_696));
+        // Binary 12-hour mode, some NVRAM, and the index left on 0x41.
+        c_write(&mut a, REG_STATUS_B, B_BINARY);
+        c_write(&mut a, 0x40, 0xab);
+        c_write(&mut a, 0x7f, 0xcd);
+        a.write(INDEX_OFFSET, &[0x80 | 0x41]);
+        let saved = a.state();
+        assert_eq!(saved.index, 0x41);
+        let decoded: CmosState =
+            postcard::from_bytes(&postcard::to_allocvec(&saved).unwrap()).unwrap();
+        assert_eq!(decoded, saved);
+
+        let expected = guest_view(&mut a);
+        c_write(&mut a, 0x40, 0x00);
+        assert_ne!(a.state(), saved);
+        // The clock is the restoring host's: same time here, same answers.
+        let mut b = Cmos::from_state(Fixed(951_827_696), &decoded).unwrap();
+        assert_eq!(guest_view(&mut b), expected);
+        // 12:34:56 read in binary 12-hour form.
+        assert_eq!(reg(&mut b, REG_HOURS), 0x80 | 12);
+        assert_eq!(reg(&mut b, 0x40), 0xab);
+        // A later host time is read as such.
+        let mut c = Cmos::from_state(Fixed(951_827_696 + 3), &decoded).unwrap();
+        assert_eq!(reg(&mut c, REG_SECONDS), 59);
+    }
+
+    fn c_write(c: &mut Cmos<Fixed>, r: u8, v: u8) {
+        c.write(INDEX_OFFSET, &[r]);
+        c.write(DATA_OFFSET, &[v]);
+    }
+
+    #[test]
+    fn hostile_cmos_states_are_refused() {
+        use ember_state::Persist;
+        let good = Cmos::new(Fixed(0)).state();
+        assert!(<Cmos<Fixed> as Persist>::restore(Fixed(0), &good).is_ok());
+        let mut s = good.clone();
+        s.index = 0x80;
+        assert!(matches!(
+            Cmos::from_state(Fixed(0), &s),
+            Err(LegacyStateError::InvalidValue { field: "index", .. })
+        ));
+        for len in [0, 127, 129, 1 << 16] {
+            let mut s = good.clone();
+            s.nvram = vec![0; len];
+            assert!(matches!(
+                Cmos::from_state(Fixed(0), &s),
+                Err(LegacyStateError::WrongLength { len: l, .. }) if l == len
+            ));
+        }
     }
 
     #[test]

@@ -7,11 +7,17 @@
 //!
 //! Register map, relative to port 0x60: offset 0 is the data port (0x60),
 //! offset 4 the status/command port (0x64).
+//!
+//! Its snapshot state is [`I8042State`]: the configuration byte, the output
+//! buffer, what the next data byte is for, and the keyboard's scan-code set
+//! and scanning flag. The reset counter is a host-side statistic, not state.
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
 use vm_superio::Trigger;
 
+use super::LegacyStateError;
 use crate::bus::BusDevice;
 
 /// Offset of the data port (0x60).
@@ -40,7 +46,9 @@ const KBD_BAT_OK: u8 = 0xaa;
 
 /// The output buffer never holds more than this; the guest reads one byte
 /// per interrupt, and nothing we send is longer.
-const OUTPUT_LIMIT: usize = 32;
+pub const OUTPUT_LIMIT: usize = 32;
+
+const DEVICE: &str = "i8042";
 
 /// Scan codes for Ctrl+Alt+Del, press then release, in set 1 (what the
 /// guest sees when the controller translates) and set 2 (untranslated).
@@ -50,8 +58,8 @@ const CTRL_ALT_DEL_SET2: [u8; 10] = [0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0
 const CTRL_ALT_DEL_SET2_TAIL: u8 = 0x14;
 
 /// What the next byte on the data port is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Pending {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PendingInput {
     None,
     /// Controller command 0x60: the next byte is the configuration byte.
     WriteConfig,
@@ -63,6 +71,60 @@ enum Pending {
     DiscardAux,
     /// A keyboard command that takes a parameter (LEDs, typematic, set).
     KeyboardParam(u8),
+}
+
+/// Keyboard commands followed by a parameter byte.
+const PARAM_COMMANDS: [u8; 3] = [0xed, 0xf3, 0xf0];
+
+/// The controller's and keyboard's guest-visible state.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct I8042State {
+    /// The controller configuration ("command") byte.
+    pub config: u8,
+    /// The last write went to the command port (status bit 3).
+    pub last_write_was_command: bool,
+    /// Bytes waiting for the guest on the data port, oldest first (at most
+    /// [`OUTPUT_LIMIT`]).
+    pub output: Vec<u8>,
+    /// What the next data-port byte is for.
+    pub pending: PendingInput,
+    /// The keyboard's scan-code set (1, 2 or 3).
+    pub scancode_set: u8,
+    /// The keyboard is scanning (enabled with 0xF4, disabled with 0xF5).
+    pub scanning: bool,
+}
+
+impl I8042State {
+    /// Refuses a state the device can never be in: an output buffer longer
+    /// than its bound, a scan-code set other than 1 to 3, a pending keyboard
+    /// parameter for a command that takes none.
+    pub fn validate(&self) -> Result<(), LegacyStateError> {
+        if self.output.len() > OUTPUT_LIMIT {
+            return Err(LegacyStateError::TooLong {
+                device: DEVICE,
+                field: "output",
+                len: self.output.len(),
+                max: OUTPUT_LIMIT,
+            });
+        }
+        if !(1..=3).contains(&self.scancode_set) {
+            return Err(LegacyStateError::InvalidValue {
+                device: DEVICE,
+                field: "scancode_set",
+                value: u32::from(self.scancode_set),
+            });
+        }
+        if let PendingInput::KeyboardParam(cmd) = self.pending {
+            if !PARAM_COMMANDS.contains(&cmd) {
+                return Err(LegacyStateError::InvalidValue {
+                    device: DEVICE,
+                    field: "pending",
+                    value: u32::from(cmd),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Errors injecting input.
@@ -83,7 +145,7 @@ pub struct I8042<I: Trigger, R: Trigger> {
     config: u8,
     last_write_was_command: bool,
     output: VecDeque<u8>,
-    pending: Pending,
+    pending: PendingInput,
     scancode_set: u8,
     scanning: bool,
     resets_requested: u64,
@@ -98,11 +160,44 @@ impl<I: Trigger, R: Trigger> I8042<I, R> {
             config: CTR_KBDINT | CTR_SYS | CTR_XLATE,
             last_write_was_command: false,
             output: VecDeque::new(),
-            pending: Pending::None,
+            pending: PendingInput::None,
             scancode_set: 2,
             scanning: true,
             resets_requested: 0,
         }
+    }
+
+    /// The guest-visible state.
+    pub fn state(&self) -> I8042State {
+        I8042State {
+            config: self.config,
+            last_write_was_command: self.last_write_was_command,
+            output: self.output.iter().copied().collect(),
+            pending: self.pending,
+            scancode_set: self.scancode_set,
+            scanning: self.scanning,
+        }
+    }
+
+    /// A controller in `state`, raising `irq` and requesting resets on
+    /// `reset`. The state is validated first. When bytes are waiting and
+    /// the guest enabled the interrupt, IRQ 1 is raised again, so an
+    /// interrupt in flight at snapshot time is not lost.
+    pub fn from_state(irq: I, reset: R, state: &I8042State) -> Result<Self, LegacyStateError> {
+        state.validate()?;
+        let dev = Self {
+            irq,
+            reset,
+            config: state.config,
+            last_write_was_command: state.last_write_was_command,
+            output: state.output.iter().copied().collect(),
+            pending: state.pending,
+            scancode_set: state.scancode_set,
+            scanning: state.scanning,
+            resets_requested: 0,
+        };
+        dev.raise_irq();
+        Ok(dev)
     }
 
     /// How many times the guest asked for a reset.
@@ -180,10 +275,10 @@ impl<I: Trigger, R: Trigger> I8042<I, R> {
     }
 
     fn controller_command(&mut self, cmd: u8) {
-        self.pending = Pending::None;
+        self.pending = PendingInput::None;
         match cmd {
             0x20 => self.push(self.config),
-            0x60 => self.pending = Pending::WriteConfig,
+            0x60 => self.pending = PendingInput::WriteConfig,
             0xa7 => self.config |= CTR_AUXDIS,
             0xa8 => self.config &= !CTR_AUXDIS,
             // Aux interface test: "clock line stuck low", i.e. no mouse.
@@ -194,9 +289,9 @@ impl<I: Trigger, R: Trigger> I8042<I, R> {
             0xae => self.config &= !CTR_KBDDIS,
             0xc0 => self.push(0x00),
             0xd0 => self.push(0x01),
-            0xd1 => self.pending = Pending::WriteOutputPort,
-            0xd2 => self.pending = Pending::EchoKeyboard,
-            0xd3 | 0xd4 => self.pending = Pending::DiscardAux,
+            0xd1 => self.pending = PendingInput::WriteOutputPort,
+            0xd2 => self.pending = PendingInput::EchoKeyboard,
+            0xd3 | 0xd4 => self.pending = PendingInput::DiscardAux,
             // Pulse output lines; bit 0 clear pulses the CPU reset line.
             0xf0..=0xff if cmd & 1 == 0 => self.request_reset(),
             _ => {}
@@ -204,17 +299,17 @@ impl<I: Trigger, R: Trigger> I8042<I, R> {
     }
 
     fn data_write(&mut self, byte: u8) {
-        match std::mem::replace(&mut self.pending, Pending::None) {
-            Pending::WriteConfig => self.config = byte,
-            Pending::WriteOutputPort => {
+        match std::mem::replace(&mut self.pending, PendingInput::None) {
+            PendingInput::WriteConfig => self.config = byte,
+            PendingInput::WriteOutputPort => {
                 if byte & 1 == 0 {
                     self.request_reset();
                 }
             }
-            Pending::EchoKeyboard => self.push(byte),
-            Pending::DiscardAux => {}
-            Pending::KeyboardParam(cmd) => self.keyboard_param(cmd, byte),
-            Pending::None => self.keyboard_command(byte),
+            PendingInput::EchoKeyboard => self.push(byte),
+            PendingInput::DiscardAux => {}
+            PendingInput::KeyboardParam(cmd) => self.keyboard_param(cmd, byte),
+            PendingInput::None => self.keyboard_command(byte),
         }
     }
 
@@ -224,7 +319,7 @@ impl<I: Trigger, R: Trigger> I8042<I, R> {
         match cmd {
             0xed | 0xf3 | 0xf0 => {
                 self.push(KBD_ACK);
-                self.pending = Pending::KeyboardParam(cmd);
+                self.pending = PendingInput::KeyboardParam(cmd);
             }
             0xee => self.push(0xee),
             0xf2 => {
@@ -307,6 +402,21 @@ impl<I: Trigger + Send, R: Trigger + Send> BusDevice for I8042<I, R> {
             }
             _ => {}
         }
+    }
+}
+
+impl<'a, I: Trigger, R: Trigger> ember_state::Persist<'a> for I8042<I, R> {
+    type State = I8042State;
+    /// What [`I8042::new`] takes: the IRQ 1 trigger and the reset trigger.
+    type ConstructorArgs = (I, R);
+    type Error = LegacyStateError;
+
+    fn save(&self) -> I8042State {
+        self.state()
+    }
+
+    fn restore((irq, reset): (I, R), state: &I8042State) -> Result<Self, LegacyStateError> {
+        Self::from_state(irq, reset, state)
     }
 }
 
@@ -418,6 +528,116 @@ mod tests {
         d.inject_ctrl_alt_del().unwrap();
         assert_eq!(irq.count(), 0);
         assert_eq!(drain(&mut d).len(), CTRL_ALT_DEL_SET1_LEN);
+    }
+
+    /// What a guest sees from here on: status, the waiting bytes, the answer
+    /// to the pending parameter, an injected Ctrl+Alt+Del and the config.
+    fn guest_view(d: &mut Dev) -> Vec<u8> {
+        let mut out = vec![rd(d, COMMAND_OFFSET)];
+        out.extend(drain(d));
+        d.write(DATA_OFFSET, &[0x00]);
+        out.push(rd(d, COMMAND_OFFSET));
+        out.extend(drain(d));
+        out.push(u8::from(d.inject_ctrl_alt_del().is_ok()));
+        out.extend(drain(d));
+        d.write(COMMAND_OFFSET, &[0x20]);
+        out.extend(drain(d));
+        out
+    }
+
+    #[test]
+    fn restored_controller_answers_the_guest_as_the_original() {
+        let (mut a, _, _) = dev();
+        // No translation, scan-code set 3, then "get scan-code set" half
+        // written, with the ACKs still unread.
+        a.write(COMMAND_OFFSET, &[0x60]);
+        a.write(DATA_OFFSET, &[CTR_KBDINT | CTR_SYS]);
+        a.write(DATA_OFFSET, &[0xf0]);
+        a.write(DATA_OFFSET, &[0x03]);
+        a.write(DATA_OFFSET, &[0xf0]);
+        let saved = a.state();
+        assert_eq!(saved.pending, PendingInput::KeyboardParam(0xf0));
+        assert_eq!(saved.output, vec![KBD_ACK, KBD_ACK, KBD_ACK]);
+        assert_eq!(saved.scancode_set, 3);
+        let decoded: I8042State =
+            postcard::from_bytes(&postcard::to_allocvec(&saved).unwrap()).unwrap();
+        assert_eq!(decoded, saved);
+
+        let expected = guest_view(&mut a);
+        // The set query answers 3, untranslated; Ctrl+Alt+Del is set 2.
+        assert!(expected.windows(2).any(|w| w == [KBD_ACK, 3]));
+        assert_ne!(a.state(), saved);
+        let irq = CountingTrigger::default();
+        let mut b = I8042::from_state(irq.clone(), CountingTrigger::default(), &decoded).unwrap();
+        // Bytes are waiting and the interrupt is enabled: IRQ 1 again.
+        assert_eq!(irq.count(), 1);
+        assert_eq!(guest_view(&mut b), expected);
+    }
+
+    #[test]
+    fn restored_controller_keeps_the_disabled_keyboard_and_masked_irq() {
+        use ember_state::Persist;
+        let (mut a, _, _) = dev();
+        a.write(COMMAND_OFFSET, &[0x60]);
+        a.write(DATA_OFFSET, &[CTR_SYS | CTR_XLATE | CTR_KBDDIS]);
+        a.write(COMMAND_OFFSET, &[0xaa]);
+        let irq = CountingTrigger::default();
+        let mut b = <Dev as Persist>::restore(
+            (irq.clone(), CountingTrigger::default()),
+            &Persist::save(&a),
+        )
+        .unwrap();
+        assert_eq!(irq.count(), 0);
+        assert_eq!(b.inject_ctrl_alt_del(), Err(InjectError::KeyboardDisabled));
+        assert_eq!(
+            rd(&mut b, COMMAND_OFFSET),
+            SR_UNLOCKED | SR_OBF | SR_SYS | SR_CMD
+        );
+        assert_eq!(drain(&mut b), vec![0x55]);
+    }
+
+    #[test]
+    fn hostile_controller_states_are_refused() {
+        let (d, _, _) = dev();
+        let good = d.state();
+        let restore = |s: &I8042State| {
+            I8042::from_state(CountingTrigger::default(), CountingTrigger::default(), s).map(|_| ())
+        };
+        assert!(restore(&good).is_ok());
+        let mut s = good.clone();
+        s.output = vec![0xaa; OUTPUT_LIMIT + 1];
+        assert_eq!(
+            restore(&s),
+            Err(LegacyStateError::TooLong {
+                device: "i8042",
+                field: "output",
+                len: OUTPUT_LIMIT + 1,
+                max: OUTPUT_LIMIT
+            })
+        );
+        let mut s = good.clone();
+        s.output = vec![0; 1 << 20];
+        assert!(restore(&s).is_err());
+        for set in [0, 4, 0xff] {
+            let mut s = good.clone();
+            s.scancode_set = set;
+            assert!(matches!(
+                restore(&s),
+                Err(LegacyStateError::InvalidValue {
+                    field: "scancode_set",
+                    ..
+                })
+            ));
+        }
+        let mut s = good;
+        s.pending = PendingInput::KeyboardParam(0x12);
+        assert!(matches!(
+            restore(&s),
+            Err(LegacyStateError::InvalidValue {
+                field: "pending",
+                ..
+            })
+        ));
     }
 
     #[test]

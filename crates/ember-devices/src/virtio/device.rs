@@ -166,6 +166,39 @@ impl DeviceSignals {
         self.config_generation.load(Ordering::SeqCst)
     }
 
+    /// True while the device is activated: configuration changes then
+    /// raise an interrupt.
+    pub fn driver_ok(&self) -> bool {
+        self.driver_ok.load(Ordering::SeqCst)
+    }
+
+    /// Signals restored from a snapshot, raising `irq`.
+    pub(crate) fn from_saved(
+        irq: Box<dyn IrqLine>,
+        isr: u32,
+        config_generation: u32,
+        needs_reset: bool,
+        driver_ok: bool,
+    ) -> Self {
+        let s = Self::new(irq);
+        s.isr.store(isr, Ordering::SeqCst);
+        s.config_generation
+            .store(config_generation, Ordering::SeqCst);
+        s.needs_reset.store(needs_reset, Ordering::SeqCst);
+        s.driver_ok.store(driver_ok, Ordering::SeqCst);
+        s
+    }
+
+    /// Raises the line again if interrupt status bits are pending (after a
+    /// restore: an interrupt in flight when the snapshot was taken must not
+    /// be lost; the driver tolerates a repeated one, it reads the status).
+    pub(crate) fn repeat_pending(&self) {
+        let bits = self.interrupt_status();
+        if bits != 0 {
+            self.raise(bits);
+        }
+    }
+
     /// How many interrupts were raised (for tests and metrics).
     pub fn interrupts_raised(&self) -> u64 {
         self.interrupts_raised.load(Ordering::Relaxed)
@@ -269,6 +302,17 @@ pub trait VirtioDevice: Send + 'static {
             self.queue_notified(i);
         }
     }
+    /// Before a snapshot (vCPUs paused): finish or give back the work in
+    /// progress that the transport state cannot describe, so that the queue
+    /// positions read next are the whole truth. The device stays usable.
+    fn prepare_save(&mut self) {}
+    /// `(next_avail, next_used)` of each queue, in queue order, while the
+    /// device is active (it owns the queues then); empty when inactive.
+    fn queue_positions(&self) -> Vec<(u16, u16)>;
+    /// Right after a restore activated the device on the saved queues
+    /// (before the event loop starts it with [`Self::activated`]): react to
+    /// host resources that did not survive the snapshot.
+    fn restored(&mut self) {}
     /// Backend fds to watch while active.
     fn backend_fds(&self) -> Vec<BackendFd> {
         Vec::new()
@@ -277,6 +321,15 @@ pub trait VirtioDevice: Send + 'static {
     fn backend_event(&mut self, token: u32, events: EventSet) {
         let _ = (token, events);
     }
+}
+
+/// `(next_avail, next_used)` of `queues`, for
+/// [`VirtioDevice::queue_positions`].
+pub fn positions<'q>(queues: impl IntoIterator<Item = &'q Queue>) -> Vec<(u16, u16)> {
+    queues
+        .into_iter()
+        .map(|q| (q.next_avail(), q.next_used()))
+        .collect()
 }
 
 /// Copies `src[offset..]` into `data`; bytes past the end read as zero.

@@ -14,6 +14,15 @@
 //! the event-loop thread, then registers the device's backend fds and runs
 //! its queues once. A reset signals the same eventfd and the subscriber
 //! unregisters the backend fds.
+//!
+//! Snapshots: [`VirtioMmioDevice::save`] settles the device's work in
+//! progress and returns its [`TransportState`];
+//! [`VirtioMmioDevice::restore`] puts a freshly built device behind a
+//! transport in that state. A device that was running is activated on the
+//! spot with its queues at the saved ring positions, and the activation
+//! eventfd is signalled, so when the subscriber joins the event loop it
+//! watches the backend and runs every queue once, exactly as after a
+//! guest's DRIVER_OK. See [`super::state`] for what is and is not saved.
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,6 +32,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{BackendFd, DeviceSignals, IrqLine, VirtioDevice};
 use super::mmio::MmioTransport;
+use super::state::{RestoreError, TransportState};
 use crate::bus::BusDevice;
 use crate::GuestMemoryMmap;
 
@@ -58,20 +68,121 @@ impl VirtioMmioDevice {
         I: IrqLine + 'static,
     {
         let device: Arc<Mutex<dyn VirtioDevice>> = device;
-        let nqueues = lock(&device).queue_max_sizes().len();
+        let signals = Arc::new(DeviceSignals::new(Box::new(irq)));
+        Self::build(
+            device,
+            signals,
+            |device, signals, queue_evts, activate_evt| {
+                Ok(MmioTransport::new(
+                    device,
+                    mem,
+                    signals,
+                    queue_evts,
+                    activate_evt,
+                ))
+            },
+        )
+        .map_err(|e| match e {
+            RestoreError::EventFd(e) => e,
+            other => io::Error::other(other.to_string()),
+        })
+    }
+
+    /// Settles the device's work in progress (see
+    /// [`VirtioDevice::prepare_save`]) and returns the transport's state,
+    /// with the ring positions of a running device. Call it with the vCPUs
+    /// paused and from the event-loop thread (or with the loop stopped).
+    /// The device keeps running normally afterwards.
+    pub fn save(&self) -> TransportState {
+        lock_transport(&self.transport).save_state()
+    }
+
+    /// Puts `device`, freshly built from its configuration, behind a
+    /// transport in `state`, on guest memory `mem` raising `irq`.
+    ///
+    /// The state is validated against the device and guest memory before
+    /// anything is changed. If the driver had set DRIVER_OK (and neither
+    /// FAILED nor DEVICE_NEEDS_RESET is set), the device is activated with
+    /// its queues at the saved ring positions and EVENT_IDX as negotiated,
+    /// with no guest handshake, and [`VirtioDevice::restored`] is called;
+    /// the event loop starts it when the subscriber joins. An interrupt
+    /// pending in the saved interrupt status is raised again.
+    pub fn restore<D, I>(
+        device: Arc<Mutex<D>>,
+        mem: GuestMemoryMmap,
+        irq: I,
+        state: &TransportState,
+    ) -> Result<Self, RestoreError>
+    where
+        D: VirtioDevice,
+        I: IrqLine + 'static,
+    {
+        Self::restore_dyn(device, mem, Box::new(irq), state)
+    }
+
+    fn restore_dyn(
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        mem: GuestMemoryMmap,
+        irq: Box<dyn IrqLine>,
+        state: &TransportState,
+    ) -> Result<Self, RestoreError> {
+        {
+            let d = lock(&device);
+            if d.is_active() {
+                return Err(RestoreError::DeviceActive);
+            }
+            state.validate(
+                d.device_type(),
+                d.queue_max_sizes(),
+                d.offered_features(),
+                &mem,
+            )?;
+        }
+        let signals = Arc::new(DeviceSignals::from_saved(
+            irq,
+            state.isr,
+            state.config_generation,
+            state.needs_reset,
+            state.driver_ok,
+        ));
+        let dev = Self::build(
+            device,
+            signals,
+            |device, signals, queue_evts, activate_evt| {
+                MmioTransport::from_state(device, mem, signals, queue_evts, activate_evt, state)
+            },
+        )?;
+        if dev.signals.driver_ok() {
+            dev.signals.repeat_pending();
+        }
+        Ok(dev)
+    }
+
+    /// The eventfds, the transport (made by `transport`) and the subscriber.
+    fn build(
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        signals: Arc<DeviceSignals>,
+        transport: impl FnOnce(
+            Arc<Mutex<dyn VirtioDevice>>,
+            Arc<DeviceSignals>,
+            Vec<Arc<EventFd>>,
+            Arc<EventFd>,
+        ) -> Result<MmioTransport, RestoreError>,
+    ) -> Result<Self, RestoreError> {
+        let (nqueues, device_type) = {
+            let d = lock(&device);
+            (d.queue_max_sizes().len(), d.device_type())
+        };
         let queue_evts = (0..nqueues)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).map(Arc::new))
             .collect::<io::Result<Vec<_>>>()?;
         let activate_evt = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
-        let signals = Arc::new(DeviceSignals::new(Box::new(irq)));
-        let device_type = lock(&device).device_type();
-        let transport = MmioTransport::new(
+        let transport = transport(
             device.clone(),
-            mem,
             signals.clone(),
             queue_evts.clone(),
             activate_evt.clone(),
-        );
+        )?;
         let subscriber = VirtioSubscriber {
             device,
             queue_evts: queue_evts.clone(),
@@ -126,6 +237,41 @@ impl VirtioMmioDevice {
 
 fn lock(d: &Arc<Mutex<dyn VirtioDevice>>) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
     d.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock_transport(t: &Arc<Mutex<MmioTransport>>) -> MutexGuard<'_, MmioTransport> {
+    t.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What [`VirtioMmioDevice`]'s [`ember_state::Persist::restore`] needs: the
+/// device built from its configuration, guest memory and the interrupt.
+pub struct VirtioRestoreArgs {
+    /// The freshly built device.
+    pub device: Arc<Mutex<dyn VirtioDevice>>,
+    /// Guest memory, already restored.
+    pub mem: GuestMemoryMmap,
+    /// The device's interrupt line.
+    pub irq: Box<dyn IrqLine>,
+}
+
+impl std::fmt::Debug for VirtioRestoreArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VirtioRestoreArgs")
+    }
+}
+
+impl<'a> ember_state::Persist<'a> for VirtioMmioDevice {
+    type State = TransportState;
+    type ConstructorArgs = VirtioRestoreArgs;
+    type Error = RestoreError;
+
+    fn save(&self) -> TransportState {
+        VirtioMmioDevice::save(self)
+    }
+
+    fn restore(args: VirtioRestoreArgs, state: &TransportState) -> Result<Self, RestoreError> {
+        Self::restore_dyn(args.device, args.mem, args.irq, state)
+    }
 }
 
 /// The event-loop half of a virtio device.

@@ -12,16 +12,23 @@
 //!
 //! Registers are 32 bits wide and must be accessed as such; the device
 //! configuration space at 0x100 takes any width.
+//!
+//! For snapshots the transport copies its registers, its signals and each
+//! queue's layout, with the ring positions of a running device, into a
+//! [`TransportState`], and is rebuilt from a validated one (see
+//! [`super::state`]); a running device is activated again directly on
+//! queues at the saved positions.
 
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use virtio_queue::{Queue, QueueState, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{
-    status, DeviceSignals, VirtioDevice, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1,
+    status, Activation, DeviceSignals, VirtioDevice, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1,
 };
+use super::state::{QueueState as QueueLayout, RestoreError, TransportState};
 use crate::bus::BusDevice;
 use crate::GuestMemoryMmap;
 
@@ -66,40 +73,13 @@ pub const MAGIC: u32 = 0x7472_6976;
 /// Ember's vendor id ("EMBR"-ish; any value is allowed).
 pub const VENDOR: u32 = 0x454d_4252;
 
-/// A queue's layout as the driver writes it, before activation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct QueueLayout {
-    max_size: u16,
-    size: u16,
-    ready: bool,
-    desc: u64,
-    driver: u64,
-    device: u64,
-}
-
-impl QueueLayout {
-    fn new(max_size: u16) -> Self {
-        Self {
-            max_size,
-            size: max_size,
-            ..Self::default()
-        }
-    }
-
-    /// A `Queue` for this layout if sizes and alignments are valid.
-    fn to_queue(self, event_idx: bool) -> Option<Queue> {
-        Queue::try_from(QueueState {
-            max_size: self.max_size,
-            next_avail: 0,
-            next_used: 0,
-            event_idx_enabled: event_idx,
-            size: self.size,
-            ready: self.ready,
-            desc_table: self.desc,
-            avail_ring: self.driver,
-            used_ring: self.device,
-        })
-        .ok()
+/// A queue's layout as the driver writes it, before activation; the ring
+/// positions stay 0 here (the device owns them once it runs).
+fn fresh_layout(max_size: u16) -> QueueLayout {
+    QueueLayout {
+        max_size,
+        size: max_size,
+        ..QueueLayout::default()
     }
 }
 
@@ -173,7 +153,7 @@ impl MmioTransport {
             driver_features: 0,
             driver_features_invalid: false,
             queue_sel: 0,
-            queues: max_sizes.into_iter().map(QueueLayout::new).collect(),
+            queues: max_sizes.into_iter().map(fresh_layout).collect(),
             shm_sel: 0,
         }
     }
@@ -403,7 +383,7 @@ impl MmioTransport {
             }
         }
         self.signals.set_driver_ok(true);
-        let activation = super::device::Activation {
+        let activation = Activation {
             mem: self.mem.clone(),
             queues,
             features: self.driver_features,
@@ -445,11 +425,113 @@ impl MmioTransport {
         self.queue_sel = 0;
         self.shm_sel = 0;
         for q in &mut self.queues {
-            *q = QueueLayout::new(q.max_size);
+            *q = fresh_layout(q.max_size);
         }
         if was_active {
             self.wake_event_loop();
         }
+    }
+
+    /// Settles the device's work in progress and copies the transport's
+    /// state out, with the live ring positions of an active device.
+    pub(crate) fn save_state(&self) -> TransportState {
+        let positions = {
+            let mut d = lock(&self.device);
+            d.prepare_save();
+            if d.is_active() {
+                d.queue_positions()
+            } else {
+                Vec::new()
+            }
+        };
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, layout)| {
+                let (next_avail, next_used) = positions.get(i).copied().unwrap_or((0, 0));
+                QueueLayout {
+                    next_avail,
+                    next_used,
+                    ..*layout
+                }
+            })
+            .collect();
+        TransportState {
+            device_type: self.device_id,
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            driver_features_invalid: self.driver_features_invalid,
+            queue_sel: self.queue_sel,
+            shm_sel: self.shm_sel,
+            queues,
+            isr: self.signals.interrupt_status(),
+            config_generation: self.signals.config_generation(),
+            needs_reset: self.signals.needs_reset(),
+            driver_ok: self.signals.driver_ok(),
+        }
+    }
+
+    /// A transport in the saved `state`, which [`TransportState::validate`]
+    /// accepted for `device`. When the state was running, the device is
+    /// activated on queues at the saved ring positions, told it was
+    /// restored, and the event loop is woken to start it.
+    pub(crate) fn from_state(
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        mem: GuestMemoryMmap,
+        signals: Arc<DeviceSignals>,
+        queue_evts: Vec<Arc<EventFd>>,
+        activate_evt: Arc<EventFd>,
+        state: &TransportState,
+    ) -> Result<Self, RestoreError> {
+        let mut t = Self::new(device, mem, signals, queue_evts, activate_evt);
+        t.status = state.status;
+        t.device_features_sel = state.device_features_sel;
+        t.driver_features_sel = state.driver_features_sel;
+        t.driver_features = state.driver_features;
+        t.driver_features_invalid = state.driver_features_invalid;
+        t.queue_sel = state.queue_sel;
+        t.shm_sel = state.shm_sel;
+        for (layout, q) in t.queues.iter_mut().zip(&state.queues) {
+            *layout = QueueLayout {
+                next_avail: 0,
+                next_used: 0,
+                ..*q
+            };
+        }
+        if state.activates() {
+            t.restore_activation(state)?;
+        }
+        Ok(t)
+    }
+
+    fn restore_activation(&mut self, state: &TransportState) -> Result<(), RestoreError> {
+        let event_idx = state.event_idx();
+        let mut queues = Vec::with_capacity(state.queues.len());
+        for (i, q) in state.queues.iter().enumerate() {
+            let queue = if q.ready {
+                q.to_queue(event_idx)
+            } else {
+                Queue::new(q.max_size).ok()
+            };
+            queues.push(queue.ok_or(RestoreError::QueueLayout { queue: i })?);
+        }
+        self.signals.set_driver_ok(true);
+        let activation = Activation {
+            mem: self.mem.clone(),
+            queues,
+            features: self.driver_features,
+            signals: self.signals.clone(),
+        };
+        {
+            let mut d = lock(&self.device);
+            d.activate(activation)?;
+            d.restored();
+        }
+        self.wake_event_loop();
+        Ok(())
     }
 
     /// The activation eventfd's raw fd (for tests).

@@ -59,6 +59,9 @@ impl VirtioDevice for FakeDevice {
         self.active
     }
     fn queue_notified(&mut self, _index: usize) {}
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        Vec::new()
+    }
 }
 
 struct Setup {

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 
 use super::device::{
-    add, complete, device_type, inc, next_chain, notify_if_needed, undo_pop, ActivateError,
-    Activation, BackendFd, DeviceSignals, VirtioDevice, COMMON_FEATURES,
+    add, complete, device_type, inc, next_chain, notify_if_needed, positions, undo_pop,
+    ActivateError, Activation, BackendFd, DeviceSignals, VirtioDevice, COMMON_FEATURES,
 };
 use super::sg::{parse_chain, ChainLimits};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
@@ -214,6 +214,13 @@ impl VirtioDevice for Rng {
 
     fn is_active(&self) -> bool {
         self.active.is_some()
+    }
+
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        self.active
+            .as_ref()
+            .map(|a| positions([&a.queue]))
+            .unwrap_or_default()
     }
 
     fn queue_notified(&mut self, _index: usize) {

@@ -20,8 +20,8 @@ use super::{
 };
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
 use crate::virtio::device::{
-    add, complete, device_type, inc, next_chain, notify_if_needed, read_config_bytes, undo_pop,
-    ActivateError, Activation, BackendFd, DeviceSignals, VirtioDevice, COMMON_FEATURES,
+    add, complete, device_type, inc, next_chain, notify_if_needed, positions, read_config_bytes,
+    undo_pop, ActivateError, Activation, BackendFd, DeviceSignals, VirtioDevice, COMMON_FEATURES,
 };
 use crate::virtio::sg::{parse_chain, ChainLimits};
 use crate::GuestMemoryMmap;
@@ -464,6 +464,19 @@ impl VirtioDevice for Block {
 
     fn is_active(&self) -> bool {
         self.active.is_some()
+    }
+
+    /// Requests in flight on io_uring finish and go to the used ring, so
+    /// the saved ring positions leave nothing half done.
+    fn prepare_save(&mut self) {
+        self.finish_in_flight();
+    }
+
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        self.active
+            .as_ref()
+            .map(|a| positions([&a.queue]))
+            .unwrap_or_default()
     }
 
     fn queue_notified(&mut self, _index: usize) {

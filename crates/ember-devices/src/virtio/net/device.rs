@@ -16,8 +16,8 @@ use super::tap::{offload, NetBackend, Tap};
 use super::{features, MacAddr, NetConfig, NetError, NetMetrics, QUEUE_SIZE};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
 use crate::virtio::device::{
-    add, complete, device_type, inc, next_chain, notify_if_needed, read_config_bytes, undo_pop,
-    ActivateError, Activation, BackendFd, DeviceSignals, VirtioDevice, COMMON_FEATURES,
+    add, complete, device_type, inc, next_chain, notify_if_needed, positions, read_config_bytes,
+    undo_pop, ActivateError, Activation, BackendFd, DeviceSignals, VirtioDevice, COMMON_FEATURES,
 };
 use crate::virtio::sg::{parse_chain, ChainLimits, GuestSg};
 use crate::GuestMemoryMmap;
@@ -45,9 +45,14 @@ struct Active {
     mrg_rxbuf: bool,
     max_rx_frame: usize,
     tx_offloads: TxOffloads,
-    /// Receive buffers held until a frame fills them.
+    /// Receive buffers held until a frame fills them, in the order they
+    /// were taken from the available ring.
     held: VecDeque<RxBuffer>,
     held_bytes: usize,
+    /// How many of the newest held buffers were the last chains taken from
+    /// the available ring (no chain was taken and completed after the
+    /// first of them); those can be given back by moving `next_avail`.
+    held_tail: usize,
 }
 
 /// A virtio-net device.
@@ -186,9 +191,11 @@ impl Net {
                             segments,
                             len: c.writable.len(),
                         });
+                        a.held_tail += 1;
                     }
                     _ => {
                         inc(&metrics.rx_errors);
+                        a.held_tail = 0;
                         used_any |= complete(&mut a.rx, &a.mem, &a.signals, head, 0);
                     }
                 }
@@ -227,6 +234,7 @@ impl Net {
                             a.held_bytes -= b.len;
                         }
                     }
+                    a.held_tail = a.held_tail.min(a.held.len());
                     inc(&metrics.rx_packets);
                     add(&metrics.rx_bytes, n as u64);
                     if !rx_limiter.is_unlimited() {
@@ -251,6 +259,36 @@ impl Net {
                 }
             }
         }
+        if used_any {
+            notify_if_needed(&mut a.rx, &a.mem, &a.signals);
+        }
+    }
+
+    /// Gives the held receive buffers back to the guest's available ring,
+    /// for a snapshot: the newest run of them taken in a row is un-taken by
+    /// moving the queue's `next_avail` back, so the device (or a restored
+    /// one) takes them again in the same order. Buffers held from before a
+    /// malformed chain the device already returned cannot be un-taken that
+    /// way (the malformed one would be taken twice): those are returned
+    /// empty (length 0), which a driver treats as a dropped frame; only a
+    /// driver that posts malformed receive chains ever sees that.
+    fn give_back_rx_buffers(&mut self) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let tail = a.held_tail.min(a.held.len());
+        let returned = a.held.len() - tail;
+        let mut used_any = false;
+        for b in a.held.drain(..returned) {
+            used_any |= complete(&mut a.rx, &a.mem, &a.signals, b.head, 0);
+        }
+        if returned > 0 {
+            tracing::warn!("virtio-net: {returned} receive buffers returned empty for a snapshot");
+        }
+        a.rx.set_next_avail(a.rx.next_avail().wrapping_sub(tail as u16));
+        a.held.clear();
+        a.held_bytes = 0;
+        a.held_tail = 0;
         if used_any {
             notify_if_needed(&mut a.rx, &a.mem, &a.signals);
         }
@@ -401,6 +439,7 @@ impl VirtioDevice for Net {
             },
             held: VecDeque::new(),
             held_bytes: 0,
+            held_tail: 0,
         });
         Ok(())
     }
@@ -413,6 +452,17 @@ impl VirtioDevice for Net {
 
     fn is_active(&self) -> bool {
         self.active.is_some()
+    }
+
+    fn prepare_save(&mut self) {
+        self.give_back_rx_buffers();
+    }
+
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        self.active
+            .as_ref()
+            .map(|a| positions([&a.rx, &a.tx]))
+            .unwrap_or_default()
     }
 
     fn queue_notified(&mut self, index: usize) {

@@ -12,8 +12,8 @@ use super::packet::{
 };
 use super::{VsockConfig, VsockError, VsockMetrics, QUEUE_SIZE};
 use crate::virtio::device::{
-    complete, device_type, inc, next_chain, notify_if_needed, read_config_bytes, undo_pop,
-    ActivateError, Activation, BackendFd, DeviceSignals, VirtioDevice, COMMON_FEATURES,
+    complete, device_type, inc, next_chain, notify_if_needed, positions, read_config_bytes,
+    undo_pop, ActivateError, Activation, BackendFd, DeviceSignals, VirtioDevice, COMMON_FEATURES,
 };
 use crate::virtio::sg::{parse_chain, ChainLimits};
 use crate::GuestMemoryMmap;
@@ -242,6 +242,20 @@ impl VirtioDevice for Vsock {
 
     fn is_active(&self) -> bool {
         self.active.is_some()
+    }
+
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        self.active
+            .as_ref()
+            .map(|a| positions(&a.queues))
+            .unwrap_or_default()
+    }
+
+    /// The host connections the guest had did not survive the snapshot:
+    /// tell the guest with a transport-reset event (now if it left an event
+    /// buffer, else when it adds one), as Firecracker does.
+    fn restored(&mut self) {
+        self.reset_transport();
     }
 
     fn queue_notified(&mut self, index: usize) {

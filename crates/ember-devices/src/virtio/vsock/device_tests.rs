@@ -147,6 +147,27 @@ impl Rig {
     fn metrics(&self) -> Arc<VsockMetrics> {
         self.vsock.lock().unwrap().metrics()
     }
+
+    /// Saves the device and restores a new one listening on `uds_name` in
+    /// the rig's directory (the VMM may override the path), on the same
+    /// guest memory.
+    fn snapshot_and_restore(&mut self, uds_name: &str) -> crate::virtio::TransportState {
+        let state = self._dev.save();
+        let cfg = VsockConfig {
+            guest_cid: CID as u32,
+            uds_path: self.dir.join(uds_name),
+        };
+        let vsock = Vsock::shared(&cfg).unwrap();
+        self._dev = VirtioMmioDevice::restore(
+            vsock.clone(),
+            self.mem.clone(),
+            CountingTrigger::default(),
+            &state,
+        )
+        .unwrap();
+        self.vsock = vsock;
+        state
+    }
 }
 
 #[test]
@@ -369,4 +390,68 @@ fn invalid_cids_are_refused() {
         };
         assert!(matches!(Vsock::new(&cfg), Err(VsockError::InvalidCid(_))));
     }
+}
+
+#[test]
+fn restored_device_resets_the_transport_and_serves_new_connections() {
+    let mut r = rig();
+    let old = UnixListener::bind(r.dir.join("v.sock_52")).unwrap();
+    r.post_rx(8);
+    r.send(hdr(OP_REQUEST, 1000, 52), &[]);
+    assert_eq!(r.received()[0].0.op, OP_RESPONSE);
+    let (mut old_stream, _) = old.accept().unwrap();
+    // The guest keeps an event buffer posted, as Linux does.
+    let ev_at = r.alloc.alloc(8, 8);
+    r.mem
+        .write_obj(0xffff_ffffu32, GuestAddress(ev_at))
+        .unwrap();
+    let ev_head = r.ev.add_chain(&[Desc::writable(ev_at, 8)]);
+    r.vsock.lock().unwrap().queue_notified(EVQ);
+    assert!(r.ev.take_used().is_empty());
+
+    let state = r.snapshot_and_restore("restored.sock");
+    assert_eq!(state.queues[RX].next_used, 1);
+    // The guest is told at once that its connections are gone.
+    assert_eq!(r.ev.take_used(), vec![(u32::from(ev_head), 4)]);
+    assert_eq!(
+        r.mem.read_obj::<u32>(GuestAddress(ev_at)).unwrap(),
+        EVENT_TRANSPORT_RESET
+    );
+    assert_eq!(r.metrics().transport_resets.load(Ordering::Relaxed), 1);
+    assert_eq!(r.vsock.lock().unwrap().connections(), 0);
+    // The old device is gone with its host connections.
+    let mut b = [0u8; 1];
+    assert_eq!(old_stream.read(&mut b).unwrap(), 0);
+
+    // New connections work on the same rings, through the new socket path.
+    let host = UnixListener::bind(r.dir.join("restored.sock_53")).unwrap();
+    r.send(hdr(OP_REQUEST, 1001, 53), &[]);
+    let got = r.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0.op, OP_RESPONSE);
+    let (mut s, _) = host.accept().unwrap();
+    let mut rw = hdr(OP_RW, 1001, 53);
+    rw.len = 2;
+    r.send(rw, b"hi");
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"hi");
+    // The receive buffers posted before the snapshot are used in order.
+    assert_eq!(r.rx.used_idx(), 2);
+}
+
+#[test]
+fn transport_reset_waits_for_an_event_buffer_after_restore() {
+    let mut r = rig();
+    r.snapshot_and_restore("v2.sock");
+    assert!(r.ev.take_used().is_empty());
+    let at = r.alloc.alloc(4, 4);
+    r.ev.add_chain(&[Desc::writable(at, 4)]);
+    r.vsock.lock().unwrap().queue_notified(EVQ);
+    assert_eq!(r.ev.take_used(), vec![(0, 4)]);
+    assert_eq!(r.metrics().transport_resets.load(Ordering::Relaxed), 1);
+    // Exactly one event.
+    r.ev.add_chain(&[Desc::writable(at, 4)]);
+    r.vsock.lock().unwrap().queue_notified(EVQ);
+    assert!(r.ev.take_used().is_empty());
 }
