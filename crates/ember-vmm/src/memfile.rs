@@ -334,14 +334,19 @@ mod tests {
         let mem = guest(16);
         mem.write_obj(0x1122_3344_5566_7788u64, GuestAddress(0x5000))
             .unwrap();
-        mem.write_slice(b"end", GuestAddress((16 << 20) - 3)).unwrap();
+        mem.write_slice(b"end", GuestAddress((16 << 20) - 3))
+            .unwrap();
         let path = dir().join("mem1");
         let info = write(&mem, &path).unwrap();
         assert_eq!(info.size, 16 << 20);
         assert_eq!(info.data_pages, 2);
         let meta = std::fs::metadata(&path).unwrap();
         use std::os::unix::fs::MetadataExt;
-        assert!(meta.blocks() * 512 < 1 << 20, "not sparse: {} blocks", meta.blocks());
+        assert!(
+            meta.blocks() * 512 < 1 << 20,
+            "not sparse: {} blocks",
+            meta.blocks()
+        );
         let file = open_verified(&path, &info).unwrap();
         let ranges = crate::memory::ram_ranges(16 << 20);
         let back = map_private(&file, &path, &ranges, false).unwrap();

@@ -165,12 +165,7 @@ impl DeviceRegistry {
     ) -> Result<Self, VirtioError> {
         let mut me = Self::default();
         for r in records {
-            me.attach(
-                vm,
-                dm,
-                r.config.clone(),
-                Some((r.placement, &r.transport)),
-            )?;
+            me.attach(vm, dm, r.config.clone(), Some((r.placement, &r.transport)))?;
         }
         Ok(me)
     }

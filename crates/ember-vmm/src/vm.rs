@@ -7,8 +7,8 @@ use kvm_bindings::{
     KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
     KVM_PIT_SPEAKER_DUMMY,
 };
-use serde::{Deserialize, Serialize};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use serde::{Deserialize, Serialize};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -136,7 +136,8 @@ impl Vm {
                 .map_err(set("restore the irqchip"))?;
         }
         let mut pit = s.pit;
-        pit.flags &= kvm_bindings::KVM_PIT_FLAGS_HPET_LEGACY | kvm_bindings::KVM_PIT_FLAGS_SPEAKER_DATA_ON;
+        pit.flags &=
+            kvm_bindings::KVM_PIT_FLAGS_HPET_LEGACY | kvm_bindings::KVM_PIT_FLAGS_SPEAKER_DATA_ON;
         self.fd.set_pit2(&pit).map_err(set("restore the PIT"))?;
         let mut clock = kvm_clock_data {
             clock: s.clock.clock,

@@ -195,7 +195,10 @@ fn hostile_and_mismatched_files_are_refused_clearly() {
 
     // Memory file truncated, bit-flipped, or from another snapshot.
     let d = copy_snapshot(&good, "memtrunc");
-    let f = std::fs::OpenOptions::new().write(true).open(d.join("mem")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("mem"))
+        .unwrap();
     f.set_len((16 << 20) - 4096).unwrap();
     assert!(err_of(&d).contains("truncated"), "{}", err_of(&d));
     let d = copy_snapshot(&good, "memflip");
@@ -207,12 +210,20 @@ fn hostile_and_mismatched_files_are_refused_clearly() {
     snapshot_counter(&other, 32);
     let d = copy_snapshot(&good, "memforeign");
     std::fs::copy(other.join("mem"), d.join("mem")).unwrap();
-    assert!(err_of(&d).contains("truncated or belongs to another snapshot"), "{}", err_of(&d));
+    assert!(
+        err_of(&d).contains("truncated or belongs to another snapshot"),
+        "{}",
+        err_of(&d)
+    );
 
     // A state for another vCPU count or memory size than it holds.
     let d = copy_snapshot(&good, "vcpus");
     edit_state(&d, |s| s.machine.vcpu_count = 3);
-    assert!(err_of(&d).contains("3 vCPUs but holds the state of 2"), "{}", err_of(&d));
+    assert!(
+        err_of(&d).contains("3 vCPUs but holds the state of 2"),
+        "{}",
+        err_of(&d)
+    );
     let d = copy_snapshot(&good, "memsize");
     edit_state(&d, |s| s.machine.mem_size_mib = 32);
     assert!(err_of(&d).contains("32 MiB"), "{}", err_of(&d));
@@ -252,7 +263,9 @@ fn hostile_and_mismatched_files_are_refused_clearly() {
     }
 
     // The good one still restores.
-    restore(&good, false).expect("the unmodified snapshot").stop();
+    restore(&good, false)
+        .expect("the unmodified snapshot")
+        .stop();
 }
 
 #[test]
@@ -269,7 +282,10 @@ fn every_envelope_byte_is_checked_before_decoding() {
     let mut s: snapshot::MicrovmState = env.decode().unwrap();
     s.machine.vcpu_count = 200;
     let mut bytes = ember_state::seal(&s).unwrap();
-    assert!(decode_state(&bytes).unwrap_err().to_string().contains("200 vCPUs"));
+    assert!(decode_state(&bytes)
+        .unwrap_err()
+        .to_string()
+        .contains("200 vCPUs"));
     let last = bytes.len() - 9;
     bytes[last] ^= 1;
     reseal(&mut bytes);

@@ -60,7 +60,30 @@ pub struct Cli {
     /// Quick boot: two threads per core in the CPU topology.
     #[arg(long)]
     pub smt: bool,
-    /// Quick boot: write the guest console to this file instead of stdout.
+    /// Quick boot or restore: write the guest console to this file instead
+    /// of stdout.
     #[arg(long, value_name = "PATH")]
     pub console_out: Option<PathBuf>,
+
+    /// Restore: the snapshot state file to restore and run (as PUT
+    /// /snapshot/load with resume_vm). Without --api-sock, no API is
+    /// served.
+    #[arg(long, value_name = "STATE", requires = "mem_file")]
+    pub restore: Option<PathBuf>,
+    /// Restore: the snapshot's memory file.
+    #[arg(long, value_name = "MEMFILE", requires = "restore")]
+    pub mem_file: Option<PathBuf>,
+    /// Restore: back network interface IFACE with TAP device TAP instead
+    /// (repeatable).
+    #[arg(long, value_name = "IFACE=TAP", requires = "restore")]
+    pub tap_override: Vec<String>,
+    /// Restore: the vsock device's new Unix socket path.
+    #[arg(long, value_name = "PATH", requires = "restore")]
+    pub vsock_override: Option<PathBuf>,
+    /// Restore: advance the guest clock by the time since the snapshot.
+    #[arg(long, requires = "restore")]
+    pub clock_realtime: bool,
+    /// Restore: leave the restored VM paused (resume it over the API).
+    #[arg(long, requires = "restore")]
+    pub paused: bool,
 }

@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use clap::Parser;
 use ember_api::controller::{ApiController, InstanceDescription, Telemetry};
 use ember_api::http::{ApiServer, ServerConfig};
-use ember_api::VmConfigFile;
+use ember_api::models::{NetworkOverride, SnapshotLoadParams, VsockOverride};
+use ember_api::{ApiRequest, VmConfigFile};
 use ember_telemetry::{LogLevel, Logger, LoggerOptions, MetricsRegistry};
 use ember_vmm::builder;
 use ember_vmm::host::{HostVirt, PVM_WARNING};
@@ -48,6 +49,37 @@ fn logger_options(cli: &cli::Cli) -> Result<Option<LoggerOptions>, String> {
     }))
 }
 
+/// The snapshot load the command line asks for, if any.
+fn restore_request(cli: &cli::Cli) -> Result<Option<SnapshotLoadParams>, String> {
+    let (Some(state), Some(mem)) = (&cli.restore, &cli.mem_file) else {
+        return Ok(None);
+    };
+    if cli.config_file.is_some() || cli.kernel.is_some() {
+        return Err("--restore cannot be combined with --config-file or --kernel".into());
+    }
+    let mut p =
+        SnapshotLoadParams::from_files(&state.display().to_string(), &mem.display().to_string());
+    p.resume_vm = Some(!cli.paused);
+    p.clock_realtime = cli.clock_realtime.then_some(true);
+    p.vsock_override = cli.vsock_override.as_ref().map(|v| VsockOverride {
+        uds_path: v.display().to_string(),
+    });
+    if !cli.tap_override.is_empty() {
+        let mut overrides = Vec::new();
+        for o in &cli.tap_override {
+            let (iface, tap) = o
+                .split_once('=')
+                .ok_or_else(|| format!("--tap-override {o:?}: expected IFACE=TAP"))?;
+            overrides.push(NetworkOverride {
+                iface_id: iface.to_string(),
+                host_dev_name: tap.to_string(),
+            });
+        }
+        p.network_overrides = Some(overrides);
+    }
+    Ok(Some(p))
+}
+
 /// The configuration to boot at start, if the command line names one.
 fn initial_config(cli: &cli::Cli) -> Result<Option<VmConfigFile>, String> {
     match (&cli.config_file, &cli.kernel) {
@@ -57,6 +89,7 @@ fn initial_config(cli: &cli::Cli) -> Result<Option<VmConfigFile>, String> {
                 (cli.initrd.is_some(), "initrd"),
                 (cli.cmdline.is_some(), "cmdline"),
                 (cli.console_out.is_some(), "console-out"),
+                (cli.restore.is_some(), "restore"),
             ] {
                 if set {
                     return Err(format!("--{name} only applies with --kernel; put it in the configuration file instead"));
@@ -100,7 +133,8 @@ fn main() {
     }
 
     let initial = initial_config(&cli).unwrap_or_else(|e| fail(exit_code::SETUP_ERROR, e));
-    if initial.is_none() && cli.no_api {
+    let restore = restore_request(&cli).unwrap_or_else(|e| fail(exit_code::USAGE, e));
+    if initial.is_none() && restore.is_none() && cli.no_api {
         fail(
             exit_code::USAGE,
             "nothing to boot: give --config-file or --kernel, or drop --no-api to configure over the API",
@@ -112,8 +146,13 @@ fn main() {
     }
 
     let slot = Arc::new(Mutex::new(backend::VmSlot::default()));
-    let backend =
-        backend::EmberBackend::new(kvm, host, cli.boot_timer, slot.clone(), cli.console_out.clone());
+    let backend = backend::EmberBackend::new(
+        kvm,
+        host,
+        cli.boot_timer,
+        slot.clone(),
+        cli.console_out.clone(),
+    );
     let telemetry = Telemetry {
         logger: Some(logger),
         metrics: metrics.clone(),
@@ -122,9 +161,10 @@ fn main() {
     let (channel, mut endpoint) =
         ember_api::api_channel(controller).unwrap_or_else(|e| fail(exit_code::SETUP_ERROR, e));
 
-    // Quick flags boot without the API unless a socket is named; otherwise
-    // Firecracker's rule: the API runs unless --no-api.
-    let serve_api = !cli.no_api && (cli.kernel.is_none() || cli.api_sock.is_some());
+    // Quick flags and --restore run without the API unless a socket is
+    // named; otherwise Firecracker's rule: the API runs unless --no-api.
+    let quick = cli.kernel.is_some() || cli.restore.is_some();
+    let serve_api = !cli.no_api && (!quick || cli.api_sock.is_some());
     let server = if !serve_api {
         None
     } else {
@@ -142,7 +182,19 @@ fn main() {
             ),
         }
     };
-    // Boot what the command line names, once the API (if any) is up.
+    // Restore or boot what the command line names, once the API (if any)
+    // is up.
+    if let Some(params) = restore {
+        if let Err(e) = endpoint
+            .controller_mut()
+            .handle(ApiRequest::LoadSnapshot(params))
+        {
+            if let Some(server) = server {
+                server.shutdown();
+            }
+            fail(exit_code::SETUP_ERROR, e.message);
+        }
+    }
     if let Some(file) = initial {
         if let Err(e) = endpoint.controller_mut().boot_from_config_file(file) {
             if let Some(server) = server {

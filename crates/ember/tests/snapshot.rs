@@ -45,8 +45,11 @@ fn snapshot_snapcount(d: &Path, name: &str, extra: &[(&str, String)]) -> (ApiVm,
     );
     assert_eq!(vm.put("/boot-source", &boot).0, 204);
     assert_eq!(
-        vm.put("/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 128}"#)
-            .0,
+        vm.put(
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 128}"#
+        )
+        .0,
         204
     );
     for (path, body) in extra {
@@ -65,7 +68,7 @@ fn snapshot_snapcount(d: &Path, name: &str, extra: &[(&str, String)]) -> (ApiVm,
     );
     let (code, msg) = vm.put("/snapshot/create", &body);
     assert_eq!(code, 400, "a running VM must not be snapshotted");
-    assert!(msg.contains("paused") || msg.contains("Paused"), "{msg}");
+    assert!(msg.contains("unavailable while running"), "{msg}");
     assert_eq!(
         vm.request("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
         204
@@ -119,7 +122,10 @@ fn a_snapshotted_guest_counts_on_in_a_new_process() {
     vm.wait_console("two counts after the restore", |c| counts(c).len() >= 2);
     assert_counts_on(&before, &vm.console());
     let (_, cfg) = vm.request("GET", "/vm/config", None);
-    assert!(cfg.contains(r#""vcpu_count":1"#) && cfg.contains(r#""mem_size_mib":128"#), "{cfg}");
+    assert!(
+        cfg.contains(r#""vcpu_count":1"#) && cfg.contains(r#""mem_size_mib":128"#),
+        "{cfg}"
+    );
     // Loaded means started: no second load, no InstanceStart.
     assert_eq!(vm.put("/snapshot/load", &load_body(&d, true, "")).0, 400);
     assert_eq!(
@@ -138,11 +144,15 @@ fn a_paused_restore_waits_for_resume_and_the_command_line_restores_too() {
     drop(old);
     let vm = ApiVm::spawn("snap-q", &[]);
     assert_eq!(vm.put("/snapshot/load", &load_body(&d, false, "")).0, 204);
-    assert!(vm.request("GET", "/", None).1.contains(r#""state":"Paused""#));
+    assert!(vm
+        .request("GET", "/", None)
+        .1
+        .contains(r#""state":"Paused""#));
     std::thread::sleep(Duration::from_millis(500));
     assert!(counts(&vm.console()).is_empty(), "ran while paused");
     assert_eq!(
-        vm.request("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0,
+        vm.request("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#))
+            .0,
         204
     );
     vm.wait_console("counts after resuming", |c| counts(c).len() >= 2);
@@ -170,7 +180,10 @@ fn a_paused_restore_waits_for_resume_and_the_command_line_restores_too() {
             assert_counts_on(&before, &c);
             break;
         }
-        assert!(child.try_wait().unwrap().is_none(), "ember --restore exited");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ember --restore exited"
+        );
         assert!(Instant::now() < deadline, "no counts from ember --restore");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -204,11 +217,18 @@ fn ten_restores_of_one_snapshot_run_at_once_each_with_its_own_vsock() {
     for (i, (vm, uds)) in vms.iter().enumerate() {
         vm.wait_console(&format!("clone {i} counting"), |c| counts(c).len() >= 2);
         assert_counts_on(&before, &vm.console());
-        assert!(uds.exists(), "clone {i} has no vsock socket at {}", uds.display());
+        assert!(
+            uds.exists(),
+            "clone {i} has no vsock socket at {}",
+            uds.display()
+        );
         let (_, info) = vm.request("GET", "/", None);
         assert!(info.contains(r#""state":"Running""#), "clone {i}: {info}");
     }
-    assert!(!d.join("origin.vsock").exists(), "a clone took the original socket");
+    assert!(
+        !d.join("origin.vsock").exists(),
+        "a clone took the original socket"
+    );
 }
 
 #[test]
@@ -225,28 +245,45 @@ fn hostile_files_get_400_and_the_process_can_still_load() {
     let vm = ApiVm::spawn("snap-h2", &[]);
     for (what, bytes, want) in [
         ("truncated", good[..good.len() / 3].to_vec(), "truncated"),
-        ("bit-flipped", {
-            let mut b = good.clone();
-            let i = b.len() / 2;
-            b[i] ^= 4;
-            b
-        }, "corrupt"),
+        (
+            "bit-flipped",
+            {
+                let mut b = good.clone();
+                let i = b.len() / 2;
+                b[i] ^= 4;
+                b
+            },
+            "corrupt",
+        ),
         ("empty", Vec::new(), "truncated"),
     ] {
         std::fs::write(bad.join("state"), &bytes).unwrap();
         let (code, msg) = vm.put("/snapshot/load", &load_body(&bad, true, ""));
         assert_eq!(code, 400, "{what}");
-        assert!(msg.contains("fault_message") && msg.contains(want), "{what}: {msg}");
+        assert!(
+            msg.contains("fault_message") && msg.contains(want),
+            "{what}: {msg}"
+        );
     }
     std::fs::write(bad.join("state"), &good).unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(bad.join("mem")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(bad.join("mem"))
+        .unwrap();
     f.set_len(64 << 20).unwrap();
     let (code, msg) = vm.put("/snapshot/load", &load_body(&bad, true, ""));
     assert_eq!(code, 400);
-    assert!(msg.contains("truncated or belongs to another snapshot"), "{msg}");
+    assert!(
+        msg.contains("truncated or belongs to another snapshot"),
+        "{msg}"
+    );
     let (code, msg) = vm.put(
         "/snapshot/load",
-        &load_body(&d, true, r#", "network_overrides": [{"iface_id": "eth9", "host_dev_name": "tap9"}]"#),
+        &load_body(
+            &d,
+            true,
+            r#", "network_overrides": [{"iface_id": "eth9", "host_dev_name": "tap9"}]"#,
+        ),
     );
     assert_eq!(code, 400);
     assert!(msg.contains("eth9"), "{msg}");
@@ -315,7 +352,8 @@ fn write_fixture() {
     );
     assert_eq!(vm.put("/boot-source", &boot).0, 204);
     assert_eq!(
-        vm.put("/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 4}"#).0,
+        vm.put("/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 4}"#)
+            .0,
         204
     );
     assert_eq!(vm.put("/entropy", "{}").0, 204);

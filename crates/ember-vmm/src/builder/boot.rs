@@ -85,14 +85,8 @@ pub fn describe_machine(
             }
         }
         BootProtocol::Pvh => {
-            boot_params::write_pvh_start_info(
-                mem,
-                CMDLINE_START,
-                images.initrd,
-                Some(rsdp),
-                &e820,
-            )
-            .map_err(|e| tables(e.to_string()))?;
+            boot_params::write_pvh_start_info(mem, CMDLINE_START, images.initrd, Some(rsdp), &e820)
+                .map_err(|e| tables(e.to_string()))?;
             EntryMode::Pvh {
                 start_info: PVH_INFO_START,
             }
@@ -117,7 +111,11 @@ pub fn vcpu_cpuid(
         .map_err(BuildError::Cpuid)?;
     let mut entries = supported.as_slice().to_vec();
     let topo = cpuid::VcpuTopology { id, count, smt };
-    cpuid::normalize(&mut entries, topo, kvm.check_extension(Cap::TscDeadlineTimer));
+    cpuid::normalize(
+        &mut entries,
+        topo,
+        kvm.check_extension(Cap::TscDeadlineTimer),
+    );
     Ok(entries)
 }
 
@@ -125,11 +123,11 @@ pub fn vcpu_cpuid(
 /// The others wait for the guest's INIT/SIPI in the in-kernel LAPIC.
 pub fn configure_vcpus(
     kvm: &Kvm,
-    vcpus: &[Vcpu],
+    vcpus: &mut [Vcpu],
     config: &VmConfig,
     entry: Entry,
 ) -> Result<(), BuildError> {
-    for vcpu in vcpus {
+    for vcpu in vcpus.iter_mut() {
         let entries = vcpu_cpuid(kvm, vcpu.id(), config.vcpu_count, config.smt)?;
         let cpuid = CpuId::from_entries(&entries)
             .map_err(|_| BuildError::MachineTables("too many CPUID entries".into()))?;

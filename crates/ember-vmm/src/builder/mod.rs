@@ -87,8 +87,8 @@ pub fn build(kvm: &Kvm, host: HostVirt, config: &VmConfig) -> Result<Vmm, BuildE
     };
     let m = machine::create(kvm, mem, &platform, machine::Devices::Boot(config))?;
     let entry = boot::describe_machine(&m, config, &kernel)?;
-    let vcpus = machine::create_vcpus(kvm, &m, config.vcpu_count, host)?;
-    boot::configure_vcpus(kvm, &vcpus, config, entry)?;
+    let mut vcpus = machine::create_vcpus(kvm, &m, config.vcpu_count, host)?;
+    boot::configure_vcpus(kvm, &mut vcpus, config, entry)?;
     machine::start(m, vcpus, config.machine(), RunState::Running, &platform)
 }
 

@@ -124,7 +124,11 @@ pub fn missing_features(saved: &[kvm_cpuid_entry2], host: &[kvm_cpuid_entry2]) -
 }
 
 /// Checks the vendor, the feature bits of every vCPU and the XSAVE size.
-pub fn check_host(kvm: &Kvm, machine: &MachineInfo, vcpus: &[VcpuState]) -> Result<(), RestoreError> {
+pub fn check_host(
+    kvm: &Kvm,
+    machine: &MachineInfo,
+    vcpus: &[VcpuState],
+) -> Result<(), RestoreError> {
     check_xsave_size(kvm).map_err(|e| RestoreError::Cpu(e.to_string()))?;
     for v in vcpus {
         let host = vcpu_cpuid(kvm, v.id, machine.vcpu_count, machine.smt)?;

@@ -153,7 +153,9 @@ impl MicrovmState {
             )));
         }
         if self.memory.data_pages > bytes / crate::memfile::PAGE {
-            return Err(invalid("its memory file has more pages than the guest".into()));
+            return Err(invalid(
+                "its memory file has more pages than the guest".into(),
+            ));
         }
         if self.virtio.len() > MAX_DEVICES {
             return Err(invalid(format!(

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::signal::Killable;
 
-use super::{kick, Vcpu, VcpuCommand, VcpuError, VcpuReporter, VcpuResponse, VcpuState};
 use super::state::VcpuStateError;
+use super::{kick, Vcpu, VcpuCommand, VcpuError, VcpuReporter, VcpuResponse, VcpuState};
 
 /// How long a vCPU thread may take to answer a command.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -115,6 +115,8 @@ pub struct Vcpu {
     host: HostVirt,
     /// The MSRs KVM can save (KVM_GET_MSR_INDEX_LIST).
     msr_indices: Arc<[u32]>,
+    /// The CPUID set on the vCPU (for snapshots).
+    cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
 }
 
 /// Where a vCPU thread is.
@@ -148,16 +150,18 @@ impl Vcpu {
             mmio_bus: buses.1,
             host,
             msr_indices,
+            cpuid: Vec::new(),
         })
     }
 
     /// Sets up a vCPU for a fresh boot: its CPUID, the boot MSRs, the FPU
     /// and the LAPIC's local interrupt pins.
-    pub fn configure_for_boot(&self, cpuid: &CpuId) -> Result<(), VcpuError> {
+    pub fn configure_for_boot(&mut self, cpuid: &CpuId) -> Result<(), VcpuError> {
         let id = self.id;
         self.fd
             .set_cpuid2(cpuid)
             .map_err(|source| VcpuError::Cpuid { id, source })?;
+        self.cpuid = cpuid.as_slice().to_vec();
         let wrap = |source| VcpuError::Regs { id, source };
         regs::setup_msrs(&self.fd, &self.msr_indices).map_err(wrap)?;
         regs::setup_fpu(&self.fd).map_err(wrap)?;
@@ -310,10 +314,14 @@ impl Vcpu {
                     VcpuResponse::Resumed
                 }
                 Some(VcpuCommand::Save) if mode != Mode::Running => VcpuResponse::Saved(
-                    state::save(&self.fd, self.id, &self.msr_indices).map(Box::new),
+                    state::save(&self.fd, self.id, &self.cpuid, &self.msr_indices).map(Box::new),
                 ),
                 Some(VcpuCommand::Restore(s)) if mode != Mode::Running => {
-                    VcpuResponse::Restored(state::restore(&self.fd, self.id, &s))
+                    let r = state::restore(&self.fd, self.id, &s);
+                    if r.is_ok() {
+                        self.cpuid = s.cpuid;
+                    }
+                    VcpuResponse::Restored(r)
                 }
                 Some(VcpuCommand::Save | VcpuCommand::Restore(_)) => VcpuResponse::NotPaused,
                 None => {

@@ -18,7 +18,10 @@ use serde::{Deserialize, Serialize};
 pub struct VcpuState {
     /// The vCPU's index (its APIC id).
     pub id: u8,
-    /// The CPUID the guest sees.
+    /// The CPUID the VMM gave the vCPU (KVM_SET_CPUID2). Not what
+    /// KVM_GET_CPUID2 reads back: on some hosts (PVM) KVM adds bits there
+    /// that it does not report as supported, and the configuration is what
+    /// a restore must set again.
     pub cpuid: Vec<kvm_cpuid_entry2>,
     /// Every MSR KVM reports as saveable and could read, in KVM's order.
     pub msrs: Vec<(u32, u64)>,
@@ -91,10 +94,8 @@ fn read_msrs(fd: &VcpuFd, id: u8, indices: &[u32]) -> Result<Vec<(u32, u64)>, Vc
                 ..Default::default()
             })
             .collect();
-        let mut msrs = Msrs::from_entries(&entries).map_err(|_| VcpuStateError::Msr {
-            id,
-            index: rest[0],
-        })?;
+        let mut msrs =
+            Msrs::from_entries(&entries).map_err(|_| VcpuStateError::Msr { id, index: rest[0] })?;
         let read = fd
             .get_msrs(&mut msrs)
             .map_err(|source| VcpuStateError::Get {
@@ -105,7 +106,10 @@ fn read_msrs(fd: &VcpuFd, id: u8, indices: &[u32]) -> Result<Vec<(u32, u64)>, Vc
         let read = read.min(n);
         out.extend(msrs.as_slice()[..read].iter().map(|e| (e.index, e.data)));
         if read < n {
-            tracing::debug!("vCPU {id}: MSR {:#x} is not readable; not saved", rest[read]);
+            tracing::debug!(
+                "vCPU {id}: MSR {:#x} is not readable; not saved",
+                rest[read]
+            );
         }
         // Past what was read, and past the one KVM refused, if any.
         rest = &rest[(read + 1).min(n)..];
@@ -113,14 +117,16 @@ fn read_msrs(fd: &VcpuFd, id: u8, indices: &[u32]) -> Result<Vec<(u32, u64)>, Vc
     Ok(out)
 }
 
-/// Reads the whole state of a vCPU. The vCPU must not be running.
-pub fn save(fd: &VcpuFd, id: u8, msr_indices: &[u32]) -> Result<VcpuState, VcpuStateError> {
+/// Reads the whole state of a vCPU, whose CPUID was set to `cpuid`. The
+/// vCPU must not be running.
+pub fn save(
+    fd: &VcpuFd,
+    id: u8,
+    cpuid: &[kvm_cpuid_entry2],
+    msr_indices: &[u32],
+) -> Result<VcpuState, VcpuStateError> {
     let get = |what: &'static str| move |source| VcpuStateError::Get { id, what, source };
-    let cpuid = fd
-        .get_cpuid2(MAX_CPUID_ENTRIES)
-        .map_err(get("CPUID"))?
-        .as_slice()
-        .to_vec();
+    let cpuid = cpuid.to_vec();
     // The order of these reads does not matter; restore has an order.
     Ok(VcpuState {
         id,
