@@ -281,7 +281,7 @@ impl DeviceManager {
             && p.mmio_base
                 .checked_add(VIRTIO_MMIO_SLOT_SIZE)
                 .is_some_and(|end| end <= VIRTIO_MMIO_END);
-        if !in_range || (p.mmio_base - VIRTIO_MMIO_START) % VIRTIO_MMIO_SLOT_SIZE != 0 {
+        if !in_range || !(p.mmio_base - VIRTIO_MMIO_START).is_multiple_of(VIRTIO_MMIO_SLOT_SIZE) {
             return Err(bad("the address is not a virtio-mmio slot"));
         }
         if self.used_irqs.contains(&p.irq) {

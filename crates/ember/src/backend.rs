@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
 use ember_api::controller::{BackendError, PrebootChange, VmmBackend};
 use ember_api::models::{
@@ -20,6 +21,7 @@ use ember_vmm::builder;
 use ember_vmm::config::ConsoleOutput;
 use ember_vmm::host::HostVirt;
 use ember_vmm::snapshot::{self, RestoreOptions, SnapshotError};
+use ember_vmm::vm::{VmError, VmShell};
 use ember_vmm::vmm::{RunState, SharedVmm, VmmError};
 use kvm_ioctls::Kvm;
 
@@ -51,6 +53,8 @@ pub struct EmberBackend {
     /// Where a restored guest's console goes (`--console-out`), stdout
     /// by default.
     restore_console: Option<PathBuf>,
+    /// A KVM VM being created ahead of need (see `ember_vmm::vm::VmShell`).
+    prewarm: Option<JoinHandle<Result<VmShell, VmError>>>,
 }
 
 impl EmberBackend {
@@ -67,6 +71,7 @@ impl EmberBackend {
             boot_timer,
             slot,
             restore_console,
+            prewarm: Some(VmShell::spawn()),
         }
     }
 
@@ -86,6 +91,19 @@ impl EmberBackend {
     }
 }
 
+/// The VM created ahead, once it is ready; `None` makes the builder create
+/// one itself (and report any error).
+fn join(prewarm: Option<JoinHandle<Result<VmShell, VmError>>>) -> Option<VmShell> {
+    match prewarm?.join() {
+        Ok(Ok(shell)) => Some(shell),
+        Ok(Err(e)) => {
+            tracing::debug!("creating a VM ahead failed: {e}");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 impl VmmBackend for EmberBackend {
     fn run_state(&self) -> VmState {
         let Some(vmm) = lock(&self.slot).vmm.clone() else {
@@ -101,7 +119,9 @@ impl VmmBackend for EmberBackend {
     fn start(&mut self, r: &VmResources) -> Result<(), BackendError> {
         let config =
             resources::vm_config(r, self.boot_timer).map_err(BackendError::InvalidConfig)?;
-        let vmm = builder::build(&self.kvm, self.host, &config).map_err(BackendError::failed)?;
+        let prewarm = self.prewarm.take();
+        let vmm = builder::build_in(&self.kvm, self.host, &config, || join(prewarm))
+            .map_err(BackendError::failed)?;
         let mut slot = lock(&self.slot);
         slot.vmm = Some(builder::shared(vmm));
         slot.registered = false;
@@ -159,7 +179,9 @@ impl VmmBackend for EmberBackend {
             boot_timer: self.boot_timer,
             ..RestoreOptions::new(&params.snapshot_path, params.mem_path())
         };
-        let vmm = snapshot::restore(&self.kvm, self.host, &opts).map_err(BackendError::failed)?;
+        let prewarm = self.prewarm.take();
+        let vmm = snapshot::restore_in(&self.kvm, self.host, &opts, || join(prewarm))
+            .map_err(BackendError::failed)?;
         let restored = resources::restored(&vmm);
         let mut slot = lock(&self.slot);
         slot.vmm = Some(builder::shared(vmm));

@@ -307,10 +307,10 @@ fn hostile_files_get_400_and_the_process_can_still_load() {
 }
 
 /// The fixture in `tests/fixtures/snapshot-v1`: snapcount.elf, 1 vCPU,
-/// 4 MiB, an entropy device and a vsock device, written by format version
-/// 1. Regenerate (only when a format change is deliberate and a new
-/// version is added beside it) with `cargo test -p ember --test snapshot
-/// -- --ignored write_fixture`.
+/// 4 MiB, an entropy device and a vsock device, written by format
+/// version 1. Never regenerate it: a new format version gets a fixture of
+/// its own beside it (`write_fixture`, run with `--ignored`), and this one
+/// must keep loading.
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/snapshot-v1")
 }

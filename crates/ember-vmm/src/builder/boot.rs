@@ -4,7 +4,9 @@
 //! CPUID and boot registers. A restore never runs this: all of it is in the
 //! snapshot's memory and vCPU states.
 
-use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
+use std::sync::OnceLock;
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm};
 
 use super::machine::Machine;
@@ -99,17 +101,27 @@ pub fn describe_machine(
     })
 }
 
+/// KVM_GET_SUPPORTED_CPUID, asked once per process (it is the host's and
+/// does not change; the ioctl takes about 0.3 ms).
+pub fn supported_cpuid(kvm: &Kvm) -> Result<&'static [kvm_cpuid_entry2], BuildError> {
+    static SUPPORTED: OnceLock<Vec<kvm_cpuid_entry2>> = OnceLock::new();
+    if let Some(s) = SUPPORTED.get() {
+        return Ok(s);
+    }
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(BuildError::Cpuid)?;
+    Ok(SUPPORTED.get_or_init(|| supported.as_slice().to_vec()))
+}
+
 /// The CPUID vCPU `id` of `config`'s machine gets on this host.
 pub fn vcpu_cpuid(
     kvm: &Kvm,
     id: u8,
     count: u8,
     smt: bool,
-) -> Result<Vec<kvm_bindings::kvm_cpuid_entry2>, BuildError> {
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(BuildError::Cpuid)?;
-    let mut entries = supported.as_slice().to_vec();
+) -> Result<Vec<kvm_cpuid_entry2>, BuildError> {
+    let mut entries = supported_cpuid(kvm)?.to_vec();
     let topo = cpuid::VcpuTopology { id, count, smt };
     cpuid::normalize(
         &mut entries,

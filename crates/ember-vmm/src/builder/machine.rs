@@ -15,7 +15,7 @@ use crate::device_manager::{DeviceManager, LegacyState};
 use crate::host::HostVirt;
 use crate::vcpu::{Vcpu, VcpuReporter, Vcpus};
 use crate::virtio_devices::{DeviceRecord, DeviceRegistry};
-use crate::vm::Vm;
+use crate::vm::{Vm, VmShell};
 use crate::vmm::{RunState, Vmm};
 use crate::GuestMemoryMmap;
 
@@ -59,14 +59,19 @@ fn console_writer(out: &ConsoleOutput) -> Result<Box<dyn Write + Send>, BuildErr
     })
 }
 
-/// Creates the VM around `memory`, and its devices.
+/// Creates the VM around `memory` (in `shell`, a VM created ahead, if
+/// given), and its devices.
 pub fn create(
     kvm: &Kvm,
+    shell: Option<VmShell>,
     memory: GuestMemoryMmap,
     platform: &Platform<'_>,
     virtio: Devices<'_>,
 ) -> Result<Machine, BuildError> {
-    let vm = Vm::new(kvm, memory)?;
+    let vm = match shell {
+        Some(shell) => Vm::with_shell(shell, memory)?,
+        None => Vm::new(kvm, memory)?,
+    };
     let console = console_writer(platform.console)?;
     let mut devices = DeviceManager::new(&vm, console, platform.boot_timer, platform.legacy)?;
     let virtio = match virtio {

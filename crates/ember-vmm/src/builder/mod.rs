@@ -26,7 +26,7 @@ use crate::loader::LoadError;
 use crate::memory::{self, MemoryError};
 use crate::vcpu::{VcpuControlError, VcpuError};
 use crate::virtio_devices::VirtioError;
-use crate::vm::VmError;
+use crate::vm::{VmError, VmShell};
 use crate::vmm::{RunState, Vmm};
 
 /// Everything that can stop a VM from being built. Each variant's message
@@ -76,6 +76,18 @@ pub fn validate(config: &VmConfig) -> Result<(), BuildError> {
 /// Builds and boots a VM. The caller adds the returned `Vmm` (and the
 /// console input, if wanted) to its event loop.
 pub fn build(kvm: &Kvm, host: HostVirt, config: &VmConfig) -> Result<Vmm, BuildError> {
+    build_in(kvm, host, config, || None)
+}
+
+/// [`build`], in a VM created ahead of time when `shell` gives one. It is
+/// asked for the VM only once the kernel is loaded, so that work overlaps
+/// the VM's creation.
+pub fn build_in(
+    kvm: &Kvm,
+    host: HostVirt,
+    config: &VmConfig,
+    shell: impl FnOnce() -> Option<VmShell>,
+) -> Result<Vmm, BuildError> {
     validate(config)?;
     let mem = memory::create_guest_memory(config.mem_size_mib, config.huge_pages)?;
     let kernel = boot::load_images(&mem, config)?;
@@ -85,7 +97,7 @@ pub fn build(kvm: &Kvm, host: HostVirt, config: &VmConfig) -> Result<Vmm, BuildE
         boot_timer: config.boot_timer,
         legacy: None,
     };
-    let m = machine::create(kvm, mem, &platform, machine::Devices::Boot(config))?;
+    let m = machine::create(kvm, shell(), mem, &platform, machine::Devices::Boot(config))?;
     let entry = boot::describe_machine(&m, config, &kernel)?;
     let mut vcpus = machine::create_vcpus(kvm, &m, config.vcpu_count, host)?;
     boot::configure_vcpus(kvm, &mut vcpus, config, entry)?;

@@ -25,7 +25,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use create::{SnapshotError, SnapshotInfo};
-pub use restore::{restore, RestoreError, RestoreOptions};
+pub use restore::{restore, restore_in, RestoreError, RestoreOptions};
 
 use crate::config::{MachineInfo, MAX_VCPUS};
 use crate::device_manager::LegacyState;

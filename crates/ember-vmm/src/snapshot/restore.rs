@@ -24,7 +24,7 @@ use crate::memfile::{self, MemFileError};
 use crate::memory;
 use crate::vcpu::VcpuControlError;
 use crate::virtio_devices::VirtioConfig;
-use crate::vm::VmError;
+use crate::vm::{VmError, VmShell};
 use crate::vmm::{RunState, Vmm, VmmError};
 
 /// Why a snapshot could not be restored. Each message is one sentence
@@ -115,6 +115,39 @@ fn apply_overrides(state: &mut MicrovmState, opts: &RestoreOptions) -> Result<()
     Ok(())
 }
 
+/// How long each phase of a restore took, for the log.
+struct Phases {
+    start: Instant,
+    last: Instant,
+    done: Vec<(&'static str, u128)>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            start: now,
+            last: now,
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, what: &'static str) {
+        let now = Instant::now();
+        self.done.push((what, (now - self.last).as_micros()));
+        self.last = now;
+    }
+
+    fn report(&self) -> String {
+        let parts: Vec<String> = self
+            .done
+            .iter()
+            .map(|(w, us)| format!("{w} {us} us"))
+            .collect();
+        parts.join(", ")
+    }
+}
+
 /// The restored machine's devices, in words, for logs.
 fn describe(state: &MicrovmState) -> String {
     let ids: Vec<&str> = state.virtio.iter().map(|r| r.config.id()).collect();
@@ -129,11 +162,26 @@ fn describe(state: &MicrovmState) -> String {
 /// Restores the snapshot `opts` names. The returned VM is paused, or
 /// running with `opts.resume`.
 pub fn restore(kvm: &Kvm, host: HostVirt, opts: &RestoreOptions) -> Result<Vmm, RestoreError> {
-    let start = Instant::now();
+    restore_in(kvm, host, opts, || None)
+}
+
+/// [`restore`], in a VM created ahead of time when `shell` gives one. It is
+/// asked for the VM only once both files are read and checked, so that
+/// work overlaps the VM's creation.
+pub fn restore_in(
+    kvm: &Kvm,
+    host: HostVirt,
+    opts: &RestoreOptions,
+    shell: impl FnOnce() -> Option<VmShell>,
+) -> Result<Vmm, RestoreError> {
+    let mut t = Phases::new();
     let mut state = load_state(&opts.state_path)?;
     apply_overrides(&mut state, opts)?;
+    t.mark("state");
     cpu::check_host(kvm, &state.machine, &state.vcpus)?;
+    t.mark("cpu check");
     let file = memfile::open_verified(&opts.mem_path, &state.memory.into())?;
+    t.mark("memory file verified");
     let ranges = memory::ram_ranges(state.memory.size);
     let mem = memfile::map_private(&file, &opts.mem_path, &ranges, state.machine.huge_pages)?;
     let platform = Platform {
@@ -142,7 +190,10 @@ pub fn restore(kvm: &Kvm, host: HostVirt, opts: &RestoreOptions) -> Result<Vmm, 
         boot_timer: opts.boot_timer,
         legacy: Some(&state.legacy),
     };
-    let m = machine::create(kvm, mem, &platform, Devices::Restore(&state.virtio))?;
+    let shell = shell();
+    t.mark("VM created ahead");
+    let m = machine::create(kvm, shell, mem, &platform, Devices::Restore(&state.virtio))?;
+    t.mark("machine and devices");
     m.vm.restore_state(&state.vm, opts.clock_realtime)?;
     let vcpus = machine::create_vcpus(kvm, &m, state.machine.vcpu_count, host)?;
     let saved_khz = state.vcpus.first().map_or(0, |v| v.tsc_khz);
@@ -155,16 +206,20 @@ pub fn restore(kvm: &Kvm, host: HostVirt, opts: &RestoreOptions) -> Result<Vmm, 
             }
         }
     }
+    t.mark("VM state and vCPUs created");
     let mut vmm = machine::start(m, vcpus, state.machine, RunState::Paused, &platform)?;
     vmm.vcpus.restore(std::mem::take(&mut state.vcpus))?;
+    t.mark("vCPU threads and states");
     if opts.resume {
         vmm.resume()?;
+        t.mark("resumed");
     }
     tracing::info!(
-        "restored {} from {} in {:?}",
+        "restored {} from {} in {:?} ({})",
         describe(&state),
         opts.state_path.display(),
-        start.elapsed()
+        t.start.elapsed(),
+        t.report()
     );
     Ok(vmm)
 }
